@@ -1,0 +1,33 @@
+"""cnn_lib: the small NumPy library of the CNN-backprop course.
+
+Every layer has a forward and a backward pass, a loop "reference" version that reads like
+the derivation and a vectorised "fast" one, and gradients you can check with
+:mod:`cnn_lib.gradcheck`.
+"""
+
+from .gradcheck import check_layer, numerical_gradient, relative_error
+from .layers import (
+    AvgPool2d,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    Layer,
+    LeakyReLU,
+    Linear,
+    MaxPool2d,
+    Parameter,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
+from .losses import BCEWithLogits, SoftmaxCrossEntropy
+from .model import Sequential
+from .optim import SGD, Adam
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adam", "AvgPool2d", "BCEWithLogits", "Conv2d", "ConvTranspose2d", "Flatten", "Layer",
+    "LeakyReLU", "Linear", "MaxPool2d", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid",
+    "SoftmaxCrossEntropy", "Tanh", "check_layer", "numerical_gradient", "relative_error",
+]

@@ -1,0 +1,118 @@
+"""Sequential: a stack of layers that is itself a layer (same forward/backward protocol)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .layers import Layer, Parameter
+
+
+class Sequential(Layer):
+    """Run layers one after another; backward runs them in reverse.
+
+    Parameters are named ``"<index>.<key>"`` (``"0.weight"``, ``"4.bias"``), as in PyTorch.
+    ``params``/``grads`` are dicts of those names onto the layers' own arrays, so
+    ``Sequential`` can be gradient-checked like any single layer.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
+                raise TypeError(f"Sequential: item {i} ({layer!r}) has no forward/backward")
+        self.layers = list(layers)
+
+    # the container's params/grads are views of its layers' dicts
+    @property
+    def params(self):
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.params.items()}
+
+    @params.setter
+    def params(self, value):  # Layer.__init__ assigns {}; a Sequential owns none itself
+        pass
+
+    @property
+    def grads(self):
+        return {f"{i}.{k}": v for i, layer in enumerate(self.layers) for k, v in layer.grads.items()}
+
+    @grads.setter
+    def grads(self, value):
+        pass
+
+    @property
+    def impl(self):
+        return self._impl
+
+    @impl.setter
+    def impl(self, value):
+        Layer.impl.fset(self, value)
+        for layer in getattr(self, "layers", []):
+            layer.impl = value
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for i in reversed(range(len(self.layers))):
+            layer = self.layers[i]
+            dx = layer.backward(dy)
+            if not isinstance(dx, np.ndarray):
+                raise TypeError(f"Sequential: layer {i} ({layer!r}) backward returned "
+                                f"{type(dx).__name__}, expected dL/dx as an array")
+            dy = dx
+        return dy
+
+    def parameters(self):
+        return [Parameter(layer, key, f"{i}.{key}")
+                for i, layer in enumerate(self.layers) for key in layer.params]
+
+    def zero_grad(self):
+        for layer in self.layers:
+            layer.zero_grad()
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter, by name."""
+        return {name: value.copy() for name, value in self.params.items()}
+
+    def load_state_dict(self, state) -> None:
+        """Copy arrays into the parameters in place; all names and shapes are checked first,
+        so a mismatch leaves the model untouched."""
+        own = self.params
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"state does not match the model: missing {missing}, unexpected {unexpected}")
+        for name, value in own.items():
+            if np.shape(state[name]) != value.shape:
+                raise ValueError(f"state[{name!r}] has shape {np.shape(state[name])}, "
+                                 f"the model's parameter has {value.shape}")
+        for name, value in own.items():
+            np.copyto(value, state[name], casting="same_kind")
+
+    def save(self, path) -> None:
+        """Save the parameters to a ``.npz`` file (plain arrays, no pickle)."""
+        path = os.fspath(path)
+        with open(path, "wb") as f:  # an open file keeps np.savez from appending ".npz"
+            np.savez(f, **self.state_dict())
+
+    def load(self, path) -> None:
+        """Load parameters saved by :meth:`save` (never unpickles anything)."""
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            self.load_state_dict({name: data[name] for name in data.files})
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

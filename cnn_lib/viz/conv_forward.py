@@ -1,0 +1,1 @@
+"""Figures for the lessons: conv_forward (filled in by the lesson that needs it)."""

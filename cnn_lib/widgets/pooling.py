@@ -1,0 +1,1 @@
+"""ipywidgets explorers: pooling."""

@@ -1,0 +1,56 @@
+"""The repository as a new user meets it: the two install routes agree, CI runs the README's
+test command, and library and notebooks pass the pinned lint rules."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_installs_what_pyproject_declares():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["course"]}
+    conda = {}
+    pip_lines = []
+    for line in (ROOT / "environment.yml").read_text().splitlines():
+        m = re.match(r"^  - ([A-Za-z0-9_.\-]+)(.*)$", line)
+        if m and m.group(1) != "pip":
+            conda[m.group(1).lower()] = (m.group(1) + m.group(2)).replace(" ", "")
+        m = re.match(r"^ {6}- (.+)$", line)
+        if m:
+            pip_lines.append(m.group(1).strip())
+    python = conda.pop("python")
+    assert python == "python" + project["requires-python"]
+    assert conda == {k: v.replace(" ", "") for k, v in wanted.items()}, (
+        "environment.yml and pyproject.toml list different packages or versions")
+    assert pip_lines == ["-e .[course]"]
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, flags=re.S)
+    test_block = next(b for b in blocks if "pytest" in b)
+    command = [line for line in test_block.splitlines() if "pytest" in line][0].strip()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert command in ci.splitlines(), f"README's test command {command!r} is not in .ci/run"
+
+
+def test_ruff_lint_is_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
+    result = subprocess.run([ruff, "check", "cnn_lib", "tests", "notebooks", "benchmarks", "data"],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,150 @@
+"""PyTorch autograd as an independent oracle: same inputs, same weights, same numbers.
+
+torch is a test-only tool here (never a dependency of the course). Without it these tests
+skip; CI installs the CPU build (`pip install torch==2.13.0`) so they run there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import conv_configs, pool_configs
+from hypothesis import given, settings
+
+torch = pytest.importorskip(
+    "torch", reason="PyTorch is not installed: `pip install torch==2.13.0` to run the oracle tests")
+tnn = torch.nn.functional
+
+from cnn_lib import (  # noqa: E402
+    SGD,
+    Adam,
+    AvgPool2d,
+    BCEWithLogits,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    SoftmaxCrossEntropy,
+)
+
+torch.set_default_dtype(torch.float64)
+
+
+def t(a, grad=True):
+    return torch.tensor(np.ascontiguousarray(a), dtype=torch.float64, requires_grad=grad)
+
+
+def close(ours, theirs, tol=1e-10):
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=tol, atol=tol)
+
+
+@settings(max_examples=40)
+@given(conv_configs())
+def test_conv2d_matches_torch(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    x = rng.standard_normal((cfg["n"], cfg["c_in"], cfg["h"], cfg["w"]))
+    conv = Conv2d(cfg["c_in"], cfg["c_out"], cfg["kernel"], stride=cfg["stride"],
+                  padding=cfg["padding"], bias=cfg["bias"], rng=cfg["seed"], dtype=np.float64)
+    y = conv.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = conv.backward(dy)
+    xt, wt = t(x), t(conv.params["weight"])
+    bt = t(conv.params["bias"]) if cfg["bias"] else None
+    yt = tnn.conv2d(xt, wt, bt, stride=cfg["stride"], padding=cfg["padding"])
+    yt.backward(t(dy, grad=False))
+    close(y, yt)
+    close(dx, xt.grad)
+    close(conv.grads["weight"], wt.grad)
+    if cfg["bias"]:
+        close(conv.grads["bias"], bt.grad)
+
+
+@settings(max_examples=40)
+@given(conv_configs(transpose=True))
+def test_conv_transpose2d_matches_torch(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    x = rng.standard_normal((cfg["n"], cfg["c_in"], cfg["h"], cfg["w"]))
+    layer = ConvTranspose2d(cfg["c_in"], cfg["c_out"], cfg["kernel"], stride=cfg["stride"],
+                            padding=cfg["padding"], bias=cfg["bias"], rng=cfg["seed"], dtype=np.float64)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    xt, wt = t(x), t(layer.params["weight"])
+    bt = t(layer.params["bias"]) if cfg["bias"] else None
+    yt = tnn.conv_transpose2d(xt, wt, bt, stride=cfg["stride"], padding=cfg["padding"])
+    yt.backward(t(dy, grad=False))
+    close(y, yt)
+    close(dx, xt.grad)
+    close(layer.grads["weight"], wt.grad)
+
+
+@settings(max_examples=40)
+@given(cfg=pool_configs())
+def test_pooling_matches_torch(cfg):
+    """Random normal inputs (no ties: torch's tie rule is its own) for max; any for average."""
+    rng = np.random.default_rng(cfg["seed"])
+    x = rng.standard_normal((cfg["n"], cfg["c"], cfg["h"], cfg["w"]))
+    for ours, theirs in ((MaxPool2d, tnn.max_pool2d), (AvgPool2d, tnn.avg_pool2d)):
+        pool = ours(cfg["kernel"], cfg["stride"])
+        y = pool.forward(x)
+        dy = rng.standard_normal(y.shape)
+        xt = t(x)
+        yt = theirs(xt, cfg["kernel"], cfg["stride"])
+        yt.backward(t(dy, grad=False))
+        close(y, yt)
+        close(pool.backward(dy), xt.grad)
+
+
+def test_losses_match_torch():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.standard_normal((6, 10)) * 3, rng.integers(0, 10, 6)
+    loss = SoftmaxCrossEntropy()
+    value = loss.forward(logits, labels)
+    zt = t(logits)
+    lt = tnn.cross_entropy(zt, torch.tensor(labels))
+    lt.backward()
+    assert np.isclose(value, lt.item(), rtol=1e-12)
+    close(loss.backward(), zt.grad)
+
+    z, target = rng.standard_normal((4, 3)) * 5, rng.uniform(0, 1, (4, 3))
+    bce = BCEWithLogits()
+    value = bce.forward(z, target)
+    zt = t(z)
+    lt = tnn.binary_cross_entropy_with_logits(zt, t(target, grad=False))
+    lt.backward()
+    assert np.isclose(value, lt.item(), rtol=1e-12)
+    close(bce.backward(), zt.grad)
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_training_steps_match_torch(opt_name):
+    """Five steps of the same small CNN, loss and optimizer: identical weights after."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 1, 8, 8))
+    y = rng.integers(0, 3, 4)
+    ours = Sequential(Conv2d(1, 2, 3, padding=1, rng=0, dtype=np.float64), ReLU(), MaxPool2d(2),
+                      Flatten(), Linear(32, 3, rng=1, dtype=np.float64))
+    theirs = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.ReLU(),
+                                 torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 3))
+    with torch.no_grad():
+        for (_, ours_p), theirs_p in zip(ours.params.items(), theirs.parameters()):
+            theirs_p.copy_(torch.from_numpy(ours_p))
+    if opt_name == "sgd":
+        opt = SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        topt = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    else:
+        opt = Adam(ours.parameters(), lr=0.01, betas=(0.5, 0.999))
+        topt = torch.optim.Adam(theirs.parameters(), lr=0.01, betas=(0.5, 0.999))
+    loss_fn = SoftmaxCrossEntropy()
+    for _ in range(5):
+        loss_fn.forward(ours.forward(x), y)
+        ours.backward(loss_fn.backward())
+        opt.step()
+        topt.zero_grad()
+        tnn.cross_entropy(theirs(torch.from_numpy(x)), torch.from_numpy(y)).backward()
+        topt.step()
+    for (name, ours_p), theirs_p in zip(ours.params.items(), theirs.parameters()):
+        np.testing.assert_allclose(ours_p, theirs_p.detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
