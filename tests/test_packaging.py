@@ -24,7 +24,12 @@ def test_environment_yml_installs_what_pyproject_declares():
     wanted = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["course"]}
     conda = {}
     pip_lines = []
+    section = None
     for line in (ROOT / "environment.yml").read_text().splitlines():
+        if re.match(r"^[a-z]", line):
+            section = line.split(":")[0]
+        if section != "dependencies":
+            continue
         m = re.match(r"^  - ([A-Za-z0-9_.\-]+)(.*)$", line)
         if m and m.group(1) != "pip":
             conda[m.group(1).lower()] = (m.group(1) + m.group(2)).replace(" ", "")
