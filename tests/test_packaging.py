@@ -59,3 +59,13 @@ def test_ruff_lint_is_clean():
     result = subprocess.run([ruff, "check", "cnn_lib", "tests", "notebooks", "benchmarks", "data"],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_environment_check_knows_the_declared_minimum_versions():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    from cnn_lib import envcheck
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_name(r): r.split(">=")[1] for r in project["dependencies"]}
+    assert {dist: version for dist, version in envcheck.REQUIREMENTS.values()} == declared
+    assert project["requires-python"] == ">={}.{}".format(*envcheck.MIN_PYTHON)
