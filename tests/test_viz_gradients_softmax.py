@@ -122,6 +122,7 @@ def test_softmax_pipeline_annotates_probabilities_and_gradient():
     for value in grad:
         assert f"{value:.3f}" in found
     assert any(f"{-np.log(p[0]):.3f}" in t for t in found)      # the loss in the title
+    assert "dL/dz = p − t" in found                              # t: the one-hot target, as in lesson 03
     # bar heights are the numbers
     heights = [patch.get_height() for patch in fig.axes[2].patches]
     assert np.allclose(heights, grad)
@@ -135,6 +136,8 @@ def test_softmax_pipeline_with_image_and_true_class_colour():
     bars = fig.axes[2].patches
     colours = [matplotlib.colors.to_hex(b.get_facecolor()) for b in bars]
     assert colours[7] != colours[0] and len(set(colours)) == 2
+    # the digit is drawn like in lessons 00, 01, 04: dark ink on a light background
+    assert fig.axes[0].images[0].get_cmap().name == "gray_r"
 
 
 def test_softmax_pipeline_rejects_bad_label():
@@ -144,7 +147,7 @@ def test_softmax_pipeline_rejects_bad_label():
         viz.plot_softmax_pipeline(np.zeros((2, 3)), 0)
 
 
-def test_gradient_vs_logit_curves_are_p_minus_y():
+def test_gradient_vs_logit_curves_are_p_minus_t():
     z = np.array([0.5, -1.0, 2.0, 0.0])
     values = np.linspace(-6, 6, 13)
     fig = viz.plot_gradient_vs_logit(z, 1, values=values)

@@ -1,4 +1,4 @@
-"""Figures for lesson 03: logits -> softmax probabilities -> the gradient p - y.
+"""Figures for lesson 03: logits -> softmax probabilities -> the gradient p - t (t: the one-hot target).
 
     from cnn_lib import viz
     fig = viz.plot_softmax_pipeline(logits, label, image=digit)    # three bar charts (+ the digit)
@@ -49,13 +49,15 @@ def _bars(ax, values, label, title, fmt, ylabel):
 
 def plot_softmax_pipeline(logits, label, image=None, figsize=(10, 3.2), title=None):
     """Bar charts of one example's logits z, its probabilities p = softmax(z) and the gradient
-    dL/dz = p - y of the cross-entropy loss L = -log p[label]. The true class is orange.
+    dL/dz = p - t of the cross-entropy loss L = -log p[label] (t: the one-hot target of
+    ``label``). The true class is orange.
 
     logits: (K,) or (1, K) raw scores
     label:  int, the true class in [0, K)
-    image:  optional (H, W) or (1, H, W) picture of the example, shown first
+    image:  optional (H, W) or (1, H, W) picture of the example, shown first (dark ink on a light
+            background, like the course's other digit pictures)
     figsize, title: figure size in inches and an optional overall title
-    returns: the matplotlib Figure; every bar carries its number (2 decimals for z, 3 for p, p - y)
+    returns: the matplotlib Figure; every bar carries its number (2 decimals for z, 3 for p, p - t)
     """
     z, label = _one_example(logits, label, "plot_softmax_pipeline")
     p = softmax(z)
@@ -70,13 +72,13 @@ def plot_softmax_pipeline(logits, label, image=None, figsize=(10, 3.2), title=No
         img = np.asarray(image)
         img = img.reshape(img.shape[-2:])
         ax = axes.pop(0)
-        ax.imshow(img, cmap="gray")
+        ax.imshow(img, cmap="gray_r")
         ax.set_title(f"input (label {label})", fontsize=11)
         ax.set_xticks([])
         ax.set_yticks([])
     _bars(axes[0], z, label, "logits z", "{:.2f}", "z")
     _bars(axes[1], p, label, "p = softmax(z)", "{:.3f}", "probability")
-    _bars(axes[2], grad, label, "dL/dz = p − y", "{:.3f}", "gradient")
+    _bars(axes[2], grad, label, "dL/dz = p − t", "{:.3f}", "gradient")
     axes[1].set_ylim(0, max(1.0, float(p.max()) * 1.2))
     fig.suptitle(title or f"loss = −log p[{label}] = {loss:.3f}   (orange: the true class)", fontsize=11)
     fig.tight_layout()
@@ -84,7 +86,7 @@ def plot_softmax_pipeline(logits, label, image=None, figsize=(10, 3.2), title=No
 
 
 def plot_gradient_vs_logit(logits, label, values=None, figsize=(10, 3.6)):
-    """How p[label], the loss and the gradient p - y change as the correct class's logit grows,
+    """How p[label], the loss and the gradient p - t change as the correct class's logit grows,
     the other logits staying fixed.
 
     logits: (K,) or (1, K) raw scores of one example (their current value is marked)
@@ -131,7 +133,7 @@ def plot_gradient_vs_logit(logits, label, values=None, figsize=(10, 3.6)):
     right.set_ylim(-1.05, 1.05)
     right.set_xlabel(f"correct logit z[{label}]")
     right.set_ylabel("dL/dz[c]")
-    right.set_title("gradient p − y: big while wrong, → 0 once right", fontsize=11)
+    right.set_title("gradient p − t: big while wrong, → 0 once right", fontsize=11)
     right.legend(fontsize=9, loc="upper left")
     for ax in (left, right):
         ax.axvline(z[label], color="0.5", ls=":", lw=1)
