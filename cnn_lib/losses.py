@@ -1,7 +1,7 @@
 """Losses. Each has ``forward(...) -> float`` and ``backward() -> dL/dinput``.
 
 The softmax and the cross-entropy are fused into one layer: its gradient is simply
-``(softmax(z) - onehot(y)) / N``, and computing it through log-sum-exp never overflows.
+``(softmax(z) - onehot(labels)) / N``, and computing it through log-sum-exp never overflows.
 (The tutorial in question.txt keeps them apart and multiplies a 10x10 Jacobian by
 ``-1/p``; lesson 03 shows both routes give the same numbers, and why this one is stable.)
 """

@@ -111,3 +111,13 @@ def test_a_slider_move_after_draw_follows_the_sliders_again():
     assert (explorer.stride, explorer.padding) == (1, 0)
     assert (explorer.row, explorer.col) == (0, 2)
     assert "stride 1" in explorer.figure.axes[3].get_title()
+
+
+def test_output_size_strip_names_padding_cells_instead_of_showing_zero():
+    fig = viz.show_output_size_1d([(5, 3, 1, 1), (6, 3, 2, 0)])
+    padded, plain = ([t.get_text() for t in ax.texts] for ax in fig.axes)
+    assert padded[:7] == ["pad", "0", "1", "2", "3", "4", "pad"]   # H=5 padded by 1 on each side
+    assert sum(t.startswith("y[") for t in padded) == 5               # floor((5 + 2 - 3) / 1) + 1
+    assert "pad" not in plain and plain[:6] == ["0", "1", "2", "3", "4", "5"]
+    assert sum(t.startswith("y[") for t in plain) == 2                # floor((6 - 3) / 2) + 1
+    plt.close(fig)

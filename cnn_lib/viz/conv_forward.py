@@ -194,9 +194,11 @@ def show_conv_step(x, kernel, row, col, stride=1, padding=0, *, annotate=None, p
 def show_output_size_1d(settings, *, title="Where the windows fit along one axis"):
     """Each setting drawn as a strip of cells with every window position below it.
 
-    Grey cells are zero padding; windows are bars labelled with the output index they
-    produce; cells no window reaches (because the next stride step would run off the end) are
-    hatched. The count of bars is ``floor((H + 2p - k) / s) + 1``.
+    Real pixels are labelled with their index; grey cells labelled "pad" are zero padding
+    (named rather than shown as their value 0, which would read like pixel index 0); windows
+    are bars labelled with the output index they produce; cells no window reaches (because the
+    next stride step would run off the end) are hatched. The count of bars is
+    ``floor((H + 2p - k) / s) + 1``.
 
     Args:
         settings: a list of ``(size, kernel, stride, padding)`` tuples of ints.
@@ -224,8 +226,8 @@ def show_output_size_1d(settings, *, title="Where the windows fit along one axis
             is_pad = c < p or c >= p + size
             ax.add_patch(Rectangle((c, 0), 1, 1, facecolor=_PAD_COLOR if is_pad else "white",
                                    edgecolor="black", lw=0.8, hatch="///" if c >= reached else None))
-            ax.text(c + 0.5, 0.5, "0" if is_pad else str(c - p), ha="center", va="center",
-                    fontsize=8, color="0.4" if is_pad else "black")
+            ax.text(c + 0.5, 0.5, "pad" if is_pad else str(c - p), ha="center", va="center",
+                    fontsize=8, color="0.3" if is_pad else "black")
         for t in range(n_out):
             level = t % levels
             y0 = -0.9 - level * 0.9
