@@ -5,18 +5,32 @@ the same results (the tests hold them to 1e-10 in float64). The reference reads 
 derivation; this module reads like the reference *reorganised* so that NumPy and BLAS do the
 work. Lesson 09 walks through the tricks:
 
-* Convolution is one matrix product. ``im2col`` copies, for each of the ``kH*kW`` kernel taps,
-  one shifted (and strided) view of the padded input into a column block, so the inner loop
-  over taps has ``kH*kW`` iterations, each moving a whole batch at once. Channels are the
-  innermost axis (NHWC), so every copy is a long contiguous run.
-* The input gradient of a convolution is the same walk in reverse (``col2im``): one matrix
-  product and ``kH*kW`` shifted *adds*, never a scatter with ``np.add.at``.
-* Pooling takes ``np.maximum`` / sums over the ``kH*kW`` strided sub-grids of the input.
+* **Channels last in memory.** Arrays keep PyTorch's *shape* ``(N, C, H, W)``, but the
+  images these kernels return are stored channels-last: ``(N, H, W, C)`` in memory, seen
+  through ``.transpose(0, 3, 1, 2)`` (a view, no copy). The next kernel takes
+  ``x.transpose(0, 2, 3, 1)`` and gets a contiguous NHWC array back for free. Every copy and
+  every shifted add then moves long contiguous runs (a pixel's channels, or a whole image
+  row of them) instead of single numbers. Any input layout works; this one is just fast.
+* **Convolution is one matrix product.** ``im2col`` copies, for each of the ``kH*kW``
+  kernel taps, one shifted (and strided) view of the padded input into a column block;
+  ``cols @ Wmat`` is then the whole convolution, done by BLAS.
+* **Its input gradient is one matrix product per tap and one shifted add per tap**
+  (:func:`add_tap_products`), never a scatter with ``np.add.at``, and never the big
+  ``(N*H_out*W_out, kH*kW*C)`` matrix of :func:`col2im`.
+* **Pooling works on ``kH*kW`` strided sub-grids** of the input, copied once into a stack of
+  contiguous slabs (one per tap): max and average become elementwise operations on slabs.
+* **Only what is needed.** The first layer of a network does not need dL/dx (nobody trains
+  the images), so :func:`conv2d_backward` can skip it (``need_input_grad=False``).
+* **dtype follows the input.** Nothing here makes a float64 array out of float32 inputs:
+  Python scalars (``0``, ``1.0``) never change an array's dtype in NumPy.
 
 Shapes follow PyTorch: images ``(N, C, H, W)``, conv weights ``(C_out, C_in, kH, kW)``.
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -31,21 +45,122 @@ def _taps(kh: int, kw: int):
     return [(i, j) for i in range(kh) for j in range(kw)]
 
 
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) -> (N, H, W, C), a view: contiguous when ``x`` is channels-last in memory."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    """(N, H, W, C) -> (N, C, H, W), a view: what every kernel hands back."""
+    return x.transpose(0, 3, 1, 2)
+
+
+def _window(i: int, j: int, stride, out_hw):
+    """Index of tap (i, j)'s sub-grid in an NHWC array: rows i, i+sh, ..., columns j, j+sw, ..."""
+    (sh, sw), (ho, wo) = stride, out_hw
+    return (slice(None), slice(i, i + sh * ho, sh), slice(j, j + sw * wo, sw), slice(None))
+
+
+# --------------------------------------------------------------------------- batch slices
+
+#: Work through a batch in slices that touch about this many bytes each. A slice's
+#: intermediate arrays then stay in the CPU cache between the several passes a kernel makes
+#: over them, instead of travelling to main memory and back (~10x slower) on every pass.
+CHUNK_BYTES = 2 << 20
+
+
+#: Inputs smaller than this are not worth handing to other threads.
+PARALLEL_MIN_BYTES = 1 << 18
+
+
+def batch_slices(n: int, bytes_per_item: int, multiple_of: int = 1) -> list[slice]:
+    """Split ``range(n)`` into equal consecutive slices of at most about ``CHUNK_BYTES`` each,
+    their number a multiple of ``multiple_of`` when there are enough items."""
+    count = -(-n * bytes_per_item // CHUNK_BYTES)  # ceil(total bytes / CHUNK_BYTES)
+    count = min(n, max(1, -(-count // multiple_of) * multiple_of))
+    step = -(-n // count)
+    return [slice(start, min(start + step, n)) for start in range(0, n, step)]
+
+
+def _default_threads() -> int:
+    """CNN_LIB_NUM_THREADS if set; all cores if NumPy's BLAS was told to use one thread; else 1.
+
+    A NumPy program can use several cores in two ways: BLAS splits each matrix product over
+    its own threads (the default: OpenBLAS starts one per core), or the program splits the
+    *batch* over threads that each run everything -- copies, elementwise operations and
+    single-threaded matrix products -- on their slice (what PyTorch does). Both at once
+    would put two threads on every core; so cnn_lib only starts its own threads when BLAS
+    is single-threaded (``OPENBLAS_NUM_THREADS=1`` before Python starts), or when asked to.
+    """
+    if os.environ.get("CNN_LIB_NUM_THREADS"):
+        return max(1, int(os.environ["CNN_LIB_NUM_THREADS"]))
+    blas_threads = next((os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+                         if os.environ.get(v)), None)
+    if blas_threads != "1":
+        return 1
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+#: Threads that work on different slices of a batch at the same time (see _default_threads).
+NUM_THREADS = _default_threads()
+_pool: ThreadPoolExecutor | None = None
+
+
+def for_each_slice(work, n: int, bytes_per_item: int) -> None:
+    """Call ``work(part)`` for every ``part`` of ``batch_slices(n, bytes_per_item)``, spread
+    over ``NUM_THREADS`` threads; return when all are done.
+
+    NumPy releases Python's GIL while its loops and matrix products run, so threads that each
+    call NumPy on their own part of the batch really do run at the same time, one per core.
+    ``work`` must write only to its own part of the outputs. With one thread, or for inputs
+    under ``PARALLEL_MIN_BYTES``, everything runs right here, in order.
+    """
+    global _pool
+    threads = NUM_THREADS if n * bytes_per_item >= PARALLEL_MIN_BYTES else 1
+    parts = batch_slices(n, bytes_per_item, threads)
+    threads = min(threads, len(parts))
+
+    def run(share):
+        for part in share:
+            work(part)
+
+    if threads <= 1:
+        run(parts)
+        return
+    if _pool is None or _pool._max_workers < threads - 1:
+        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="cnn_lib")
+    # thread t takes slices t, t + threads, t + 2*threads, ...; this thread takes share 0
+    others = [_pool.submit(run, parts[t::threads]) for t in range(1, threads)]
+    run(parts[0::threads])
+    for future in others:
+        future.result()  # wait, and re-raise any error from that thread
+
+
 # --------------------------------------------------------------------------- convolution
 
 
 def _padded_nhwc(x: np.ndarray, ph: int, pw: int) -> np.ndarray:
-    """Copy ``x`` (N, C, H, W) into a zero-padded channels-last array (N, H+2ph, W+2pw, C)."""
+    """``x`` (N, C, H, W) as a zero-padded channels-last array (N, H+2ph, W+2pw, C).
+
+    One copy (into a zeroed array) when there is padding; without padding it is the view
+    ``_nhwc(x)`` and nothing is copied.
+    """
+    if ph == 0 and pw == 0:
+        return _nhwc(x)
     n, c, h, w = x.shape
     xp = np.zeros((n, h + 2 * ph, w + 2 * pw, c), dtype=x.dtype)
-    xp[:, ph : ph + h, pw : pw + w, :] = x.transpose(0, 2, 3, 1)
+    xp[:, ph : ph + h, pw : pw + w, :] = _nhwc(x)
     return xp
 
 
-def im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+def im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], out=None) -> np.ndarray:
     """Gather every receptive field of a padded NHWC input into a row.
 
     xp:      (N, Hp, Wp, C) padded input, channels last
+    out:     optional array to fill, of the shape returned (or a reshaped view of one)
     returns: (N, H_out, W_out, kH, kW, C); reshaped to (N*H_out*W_out, kH*kW*C) it is the
              matrix whose product with the flattened kernel is the convolution.
     """
@@ -53,9 +168,16 @@ def im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> 
     kh, kw = kernel
     sh, sw = stride
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    cols = np.empty((n, ho, wo, kh, kw, c), dtype=xp.dtype)
-    for i, j in _taps(kh, kw):
-        cols[:, :, :, i, j, :] = xp[:, i : i + sh * ho : sh, j : j + sw * wo : sw, :]
+    cols = np.empty((n, ho, wo, kh, kw, c), dtype=xp.dtype) if out is None else out
+    if c < 4:
+        # Few channels: copy tap by tap, each copy moving whole image rows.
+        for i, j in _taps(kh, kw):
+            cols[:, :, :, i, j, :] = xp[_window(i, j, stride, (ho, wo))]
+    else:
+        # Many channels: a strided *view* of every window (no copy), then one copy in which
+        # each receptive-field row of kW*C numbers is a contiguous run of the input.
+        windows = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+        cols[...] = windows.transpose(0, 1, 2, 4, 5, 3)  # (N, Ho, Wo, kH, kW, C)
     return cols
 
 
@@ -66,11 +188,33 @@ def col2im(dcols: np.ndarray, padded_shape: tuple, stride: tuple[int, int]) -> n
     returns: (N, Hp, Wp, C), overlapping receptive fields summed
     """
     n, ho, wo, kh, kw, c = dcols.shape
-    sh, sw = stride
     dxp = np.zeros(padded_shape, dtype=dcols.dtype)
     for i, j in _taps(kh, kw):
-        dxp[:, i : i + sh * ho : sh, j : j + sw * wo : sw, :] += dcols[:, :, :, i, j, :]
+        dxp[_window(i, j, stride, (ho, wo))] += dcols[:, :, :, i, j, :]
     return dxp
+
+
+def add_tap_products(g_mat, wtaps, out, stride):
+    """``out += col2im(g_mat @ Wmat.T)``, computed one kernel tap at a time.
+
+    g_mat:   (n*H_out*W_out, K) one row per output position (K = the conv's C_out)
+    wtaps:   (kH, kW, C, K)     the kernel, tap by tap
+    out:     (n, Hp, Wp, C)     receives, for every tap (i, j), ``g_mat @ wtaps[i, j].T``
+                                added onto the sub-grid that tap read in the forward pass.
+
+    Same numbers as ``col2im`` of the big product, but each tap's product is a contiguous
+    (n, H_out, W_out, C) block that is added in one go (runs of ``W_out*C`` numbers), and the
+    ``kH*kW`` times larger matrix ``g_mat @ Wmat.T`` is never built.
+    """
+    n, hp, wp, c = out.shape
+    kh, kw = wtaps.shape[:2]
+    sh, sw = stride
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    block = np.empty((g_mat.shape[0], c), dtype=out.dtype)  # reused by every tap
+    for i, j in _taps(kh, kw):
+        np.matmul(g_mat, wtaps[i, j].T, out=block)
+        out[_window(i, j, stride, (ho, wo))] += block.reshape(n, ho, wo, c)
+    return out
 
 
 def _weight_matrix(weight: np.ndarray) -> np.ndarray:
@@ -85,41 +229,71 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     x:       (N, C_in, H, W)
     weight:  (C_out, C_in, kH, kW)
     bias:    (C_out,) or None
-    returns: y (N, C_out, H_out, W_out) and a cache for :func:`conv2d_backward`
+    returns: y (N, C_out, H_out, W_out), channels-last in memory, and a cache for
+             :func:`conv2d_backward`
+
+    The batch goes through in slices (:func:`for_each_slice`): each slice's rows of
+    ``cols`` are built and multiplied while they are still in the CPU cache.
     """
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ph, pw = padding
-    cols = im2col(_padded_nhwc(x, ph, pw), (kh, kw), stride)
-    _, ho, wo = cols.shape[:3]
-    cols = cols.reshape(n * ho * wo, kh * kw * c_in)
-    y = cols @ _weight_matrix(weight)
-    if bias is not None:
-        y += bias
-    y = y.reshape(n, ho, wo, c_out).transpose(0, 3, 1, 2)
-    return y, (x.shape, cols, weight, bias is not None, stride, padding)
+    ho, wo = output_size(h, kh, stride[0], ph), output_size(w, kw, stride[1], pw)
+    k = kh * kw * c_in  # numbers in one receptive field
+    xp = _padded_nhwc(x, ph, pw)
+    wmat = _weight_matrix(weight)
+    cols = np.empty((n, ho, wo, kh, kw, c_in), dtype=x.dtype)  # kept for the weight gradient
+    y = np.empty((n, ho, wo, c_out), dtype=x.dtype)  # rows are pixels, channels last
+
+    def work(part):
+        im2col(xp[part], (kh, kw), stride, out=cols[part])
+        y_part = y[part].reshape(-1, c_out)  # a view into y
+        np.matmul(cols[part].reshape(-1, k), wmat, out=y_part)
+        if bias is not None:
+            y_part += bias
+
+    for_each_slice(work, n, ho * wo * k * x.itemsize)
+    return _nchw(y), (cols, x.shape, weight, bias is not None, stride, padding)
 
 
-def conv2d_backward(dy, cache):
+def conv2d_backward(dy, cache, need_input_grad=True):
     """Gradients of a convolution.
 
     dy:      (N, C_out, H_out, W_out) upstream gradient dL/dy
-    returns: dx (N, C_in, H, W), dweight (C_out, C_in, kH, kW), dbias (C_out,) or None
+    returns: dx (N, C_in, H, W), dweight (C_out, C_in, kH, kW), dbias (C_out,) or None.
+             With ``need_input_grad=False``, dx is None and not computed (a network's first
+             layer: the images need no gradient).
     """
-    x_shape, cols, weight, has_bias, stride, padding = cache
+    cols, x_shape, weight, has_bias, stride, padding = cache
     n, c_in, h, w = x_shape
     c_out, _, kh, kw = weight.shape
     ph, pw = padding
     ho, wo = dy.shape[2:]
-    dy_mat = dy.transpose(0, 2, 3, 1).reshape(n * ho * wo, c_out)
-    # dW = sum over every output position of (receptive field) x (its upstream gradient)
-    dweight = (cols.T @ dy_mat).reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1)
-    dbias = dy_mat.sum(axis=0) if has_bias else None
-    # dx: each output position sends dy * W back to the receptive field it read from
-    dcols = (dy_mat @ _weight_matrix(weight).T).reshape(n, ho, wo, kh, kw, c_in)
-    dxp = col2im(dcols, (n, h + 2 * ph, w + 2 * pw, c_in), stride)
-    dx = dxp[:, ph : ph + h, pw : pw + w, :].transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(dx), np.ascontiguousarray(dweight), dbias
+    k = kh * kw * c_in
+    dyh = _nhwc(dy)
+    wtaps = weight.transpose(2, 3, 1, 0)  # (kH, kW, C_in, C_out)
+    dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c_in), dtype=dy.dtype) if need_input_grad else None
+    partial = {}  # slice start -> that slice's share of (dW, db), summed in order below
+
+    def work(part):
+        dy_mat = dyh[part].reshape(-1, c_out)  # free when dy is channels-last
+        # dW = sum over every output position of (receptive field) x (its upstream gradient)
+        dwmat = cols[part].reshape(-1, k).T @ dy_mat
+        # db = column sums of dy_mat, as a product with a vector of ones: BLAS does this
+        # several times faster than dy_mat.sum(axis=0) for a tall, narrow matrix
+        dbias = np.ones(len(dy_mat), dtype=dy.dtype) @ dy_mat if has_bias else None
+        partial[part.start] = (dwmat, dbias)
+        if need_input_grad:
+            # dx: each output position sends dy * W back to the receptive field it read from
+            add_tap_products(dy_mat, wtaps, dxp[part], stride)
+
+    for_each_slice(work, n, ho * wo * k * dy.itemsize)
+    shares = [partial[start] for start in sorted(partial)]  # a fixed order: same sums every run
+    dwmat = sum(dw for dw, _ in shares)
+    dbias = sum(db for _, db in shares) if has_bias else None
+    dweight = np.ascontiguousarray(dwmat.reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1))
+    dx = None if dxp is None else _nchw(dxp[:, ph : ph + h, pw : pw + w, :])
+    return dx, dweight, dbias
 
 
 def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
@@ -134,92 +308,140 @@ def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     sh, sw = stride
     ph, pw = padding
     ho, wo = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
-    x_mat = x.transpose(0, 2, 3, 1).reshape(n * h * w, c_in)
+    x_mat = _nhwc(x).reshape(n * h * w, c_in)
     # weight seen as a conv kernel from C_out to C_in channels: (C_in, C_out, kH, kW)
-    dcols = (x_mat @ _weight_matrix(weight).T).reshape(n, h, w, kh, kw, c_out)
-    yp = col2im(dcols, (n, ho + 2 * ph, wo + 2 * pw, c_out), stride)
+    wtaps = weight.transpose(2, 3, 1, 0)  # (kH, kW, C_out, C_in)
+    yp = np.zeros((n, ho + 2 * ph, wo + 2 * pw, c_out), dtype=x.dtype)
+    add_tap_products(x_mat, wtaps, yp, stride)
     y = yp[:, ph : ph + ho, pw : pw + wo, :]
     if bias is not None:
-        y = y + bias
+        y += bias
     cache = (x_mat, x.shape, weight, bias is not None, stride, padding)
-    return np.ascontiguousarray(y.transpose(0, 3, 1, 2)), cache
+    return _nchw(y), cache
 
 
-def conv_transpose2d_backward(dy, cache):
-    """dy: (N, C_out, H_out, W_out) -> dx (N, C_in, H, W), dweight (C_in, C_out, kH, kW), dbias."""
+def conv_transpose2d_backward(dy, cache, need_input_grad=True):
+    """dy: (N, C_out, H_out, W_out) -> dx (N, C_in, H, W), dweight (C_in, C_out, kH, kW), dbias.
+
+    With ``need_input_grad=False`` dx is None and not computed.
+    """
     x_mat, x_shape, weight, has_bias, stride, padding = cache
     n, c_in, h, w = x_shape
     _, c_out, kh, kw = weight.shape
     ph, pw = padding
-    # The adjoint of "col2im then crop" is "pad then im2col": a plain convolution of dy.
+    # The adjoint of "add taps then crop" is "pad then im2col": a plain convolution of dy.
     cols = im2col(_padded_nhwc(dy, ph, pw), (kh, kw), stride).reshape(n * h * w, kh * kw * c_out)
-    dx = (cols @ _weight_matrix(weight)).reshape(n, h, w, c_in).transpose(0, 3, 1, 2)
     dweight = (cols.T @ x_mat).reshape(kh, kw, c_out, c_in).transpose(3, 2, 0, 1)
     dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    return np.ascontiguousarray(dx), np.ascontiguousarray(dweight), dbias
+    dx = None
+    if need_input_grad:
+        dx = _nchw((cols @ _weight_matrix(weight)).reshape(n, h, w, c_in))
+    return dx, np.ascontiguousarray(dweight), dbias
 
 
 # --------------------------------------------------------------------------- pooling
 
 
-def _subgrids(x, kernel, stride):
-    """Yield (tap index, i, j, strided view) for each kernel tap: x[..., i::sh, j::sw] cropped."""
-    kh, kw = kernel
-    sh, sw = stride
-    ho = (x.shape[2] - kh) // sh + 1
-    wo = (x.shape[3] - kw) // sw + 1
-    for t, (i, j) in enumerate(_taps(kh, kw)):
-        yield t, (slice(None), slice(None), slice(i, i + sh * ho, sh), slice(j, j + sw * wo, sw))
+def _pool_geometry(x_shape, kernel, stride):
+    """Output size (H_out, W_out) of a pooling window without padding."""
+    (kh, kw), (sh, sw) = kernel, stride
+    return (x_shape[2] - kh) // sh + 1, (x_shape[3] - kw) // sw + 1
+
+
+def _pool_dx(x_shape, kernel, stride, out_hw, dtype):
+    """An NHWC array for a pooling layer's dx: uninitialised when the windows tile the input
+    exactly (every element will be written), zeros otherwise."""
+    (kh, kw), (sh, sw), (ho, wo) = kernel, stride, out_hw
+    n, c, h, w = x_shape
+    tiles = (sh, sw) == (kh, kw) and (h, w) == (ho * sh, wo * sw)
+    return (np.empty if tiles else np.zeros)((n, h, w, c), dtype=dtype)
 
 
 def maxpool2d_forward(x, kernel, stride):
     """Max pooling without padding.
 
     x:       (N, C, H, W)
-    returns: y (N, C, H_out, W_out) and a cache holding, per window, the tap that won.
+    returns: y (N, C, H_out, W_out) and a cache holding, per window and tap, whether that tap
+             receives the window's gradient.
     Tie rule: the *first* maximal element in row-major window order wins (like np.argmax),
     so exactly one input per window receives that window's gradient.
     """
-    y = None
-    winner = None
-    for t, window in _subgrids(x, kernel, stride):
-        sub = x[window]
-        if y is None:
-            y = sub.copy()
-            winner = np.zeros(y.shape, dtype=np.int32)
-            continue
-        better = sub > y  # strict: an equal later element never displaces an earlier one
-        np.copyto(y, sub, where=better)
-        winner[better] = t
-    return y, (x.shape, x.dtype, winner, kernel, stride)
+    n, c = x.shape[:2]
+    ho, wo = _pool_geometry(x.shape, kernel, stride)
+    windows = [_window(i, j, stride, (ho, wo)) for i, j in _taps(*kernel)]
+    xh = _nhwc(x)
+    y = np.empty((n, ho, wo, c), dtype=x.dtype)
+    wins = np.empty((len(windows), n, ho, wo, c), dtype=bool)  # wins[t]: tap t gets the gradient
+
+    def work(part):
+        # Copy each tap's strided sub-grid into a contiguous slab, once (a strided pass moves
+        # only C numbers at a time); everything after that runs on contiguous slabs.
+        ys = y[part]
+        slabs = np.empty((len(windows), *ys.shape), dtype=x.dtype)
+        for t, window in enumerate(windows):
+            slabs[t] = xh[part][window]
+        np.copyto(ys, slabs[0])
+        for slab in slabs[1:]:
+            np.maximum(ys, slab, out=ys)  # the max over the kH*kW sub-grids
+        taken = None
+        for t, slab in enumerate(slabs):
+            hit = np.equal(slab, ys, out=wins[t, part])
+            if taken is None:
+                taken = hit.copy()
+            else:
+                hit &= ~taken  # an earlier tap already equals the max: it wins the tie
+                taken |= hit
+
+    for_each_slice(work, n, x[0].nbytes)
+    return _nchw(y), (x.shape, wins, kernel, stride)
 
 
 def maxpool2d_backward(dy, cache):
     """dy: (N, C, H_out, W_out) -> dx (N, C, H, W); each window's gradient goes to its winner."""
-    x_shape, dtype, winner, kernel, stride = cache
-    dx = np.zeros(x_shape, dtype=dy.dtype)
-    for t, window in _subgrids(dx, kernel, stride):
-        dx[window] += np.where(winner == t, dy, 0)
-    return dx
+    x_shape, wins, kernel, stride = cache
+    (kh, kw), (sh, sw) = kernel, stride
+    ho, wo = dy.shape[2:]
+    dyh = _nhwc(dy)
+    dxh = _pool_dx(x_shape, kernel, stride, (ho, wo), dy.dtype)
+    overlap = sh < kh or sw < kw
+
+    def work(part):
+        dxs = dxh[part]
+        for t, (i, j) in enumerate(_taps(kh, kw)):
+            window = _window(i, j, stride, (ho, wo))
+            if overlap:  # windows share inputs: add
+                dxs[window] += dyh[part] * wins[t, part]
+            else:  # each input in at most one window: write
+                np.multiply(dyh[part], wins[t, part], out=dxs[window])
+
+    for_each_slice(work, x_shape[0], dxh[0].nbytes)
+    return _nchw(dxh)
 
 
 def avgpool2d_forward(x, kernel, stride):
     """Average pooling without padding. x: (N, C, H, W) -> y (N, C, H_out, W_out)."""
-    y = None
-    for _, window in _subgrids(x, kernel, stride):
-        y = x[window].copy() if y is None else y + x[window]
+    ho, wo = _pool_geometry(x.shape, kernel, stride)
+    xh = _nhwc(x)
+    y = np.zeros((x.shape[0], ho, wo, x.shape[1]), dtype=x.dtype)
+    for i, j in _taps(*kernel):
+        y += xh[_window(i, j, stride, (ho, wo))]
     y /= kernel[0] * kernel[1]
-    return y, (x.shape, kernel, stride)
+    return _nchw(y), (x.shape, kernel, stride)
 
 
 def avgpool2d_backward(dy, cache):
     """dy: (N, C, H_out, W_out) -> dx (N, C, H, W); each window spreads dy evenly."""
     x_shape, kernel, stride = cache
-    dx = np.zeros(x_shape, dtype=dy.dtype)
-    share = dy / (kernel[0] * kernel[1])
-    for _, window in _subgrids(dx, kernel, stride):
-        dx[window] += share
-    return dx
+    (kh, kw), (sh, sw) = kernel, stride
+    ho, wo = dy.shape[2:]
+    share = _nhwc(dy) / (kh * kw)
+    dxh = _pool_dx(x_shape, kernel, stride, (ho, wo), dy.dtype)
+    for i, j in _taps(kh, kw):
+        if sh < kh or sw < kw:
+            dxh[_window(i, j, stride, (ho, wo))] += share
+        else:
+            dxh[_window(i, j, stride, (ho, wo))] = share
+    return _nchw(dxh)
 
 
 # --------------------------------------------------------------------------- dense + softmax
@@ -277,14 +499,33 @@ def sigmoid(z):
 
 # --------------------------------------------------------------------------- activations
 # Same signatures as the loop versions in reference.py: forward returns (y, cache).
+# Elementwise ufuncs keep their input's memory layout, so channels-last stays channels-last.
 
 
 def relu_forward(x):
-    return np.maximum(x, 0), x
+    if x.ndim == 0:
+        return np.maximum(x, 0), x > 0
+    # empty_like keeps x's memory layout (channels-last stays channels-last)
+    y, mask = np.empty_like(x), np.empty_like(x, dtype=bool)
+
+    def work(part):
+        np.maximum(x[part], 0, out=y[part])
+        np.greater(x[part], 0, out=mask[part])  # cached instead of x: 1 byte per number
+
+    for_each_slice(work, len(x), x[0].nbytes)
+    return y, mask
 
 
-def relu_backward(dy, x):
-    return dy * (x > 0)
+def relu_backward(dy, mask):
+    if dy.ndim == 0:
+        return dy * mask
+    dx = np.empty_like(dy)
+
+    def work(part):
+        np.multiply(dy[part], mask[part], out=dx[part])
+
+    for_each_slice(work, len(dy), dy[0].nbytes)
+    return dx
 
 
 def leaky_relu_forward(x, slope):

@@ -63,6 +63,10 @@ class Parameter:
 class Layer:
     """Base class: holds ``params``, ``grads``, the forward cache and the implementation."""
 
+    #: True when ``backward(dy, need_input_grad=False)`` is supported: the layer then fills
+    #: ``grads`` without computing dL/dx and returns None (Conv2d, ConvTranspose2d, Sequential).
+    can_skip_input_grad = False
+
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
@@ -158,6 +162,8 @@ class Conv2d(Layer):
     params: weight (C_out, C_in, kH, kW), bias (C_out,).
     """
 
+    can_skip_input_grad = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  rng=None, dtype=np.float32, init="uniform"):
         super().__init__()
@@ -190,11 +196,16 @@ class Conv2d(Layer):
         self._cache = (self._k, cache, y.shape)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_input_grad=True):
+        """Fill ``grads`` and return dL/dx. With ``need_input_grad=False`` dL/dx is not
+        computed and None is returned (``Sequential.backward`` uses it for a first layer)."""
         kernels, cache = self._start_backward(dy)
-        dx, dweight, dbias = kernels.conv2d_backward(dy, cache)
+        if need_input_grad or kernels is not F:  # (the reference loops always compute dx)
+            dx, dweight, dbias = kernels.conv2d_backward(dy, cache)
+        else:
+            dx, dweight, dbias = F.conv2d_backward(dy, cache, need_input_grad=False)
         self._store(weight=dweight, bias=dbias)
-        return dx
+        return dx if need_input_grad else None
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -210,6 +221,8 @@ class ConvTranspose2d(Layer):
     x: (N, C_in, H, W) -> y: (N, C_out, (H-1)*stride - 2*padding + kH, ...).
     params: weight (C_in, C_out, kH, kW) (PyTorch's layout), bias (C_out,).
     """
+
+    can_skip_input_grad = True
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  rng=None, dtype=np.float32, init="uniform"):
@@ -237,11 +250,15 @@ class ConvTranspose2d(Layer):
         self._cache = (self._k, cache, y.shape)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, need_input_grad=True):
+        """Fill ``grads`` and return dL/dx (None, and not computed, if ``need_input_grad=False``)."""
         kernels, cache = self._start_backward(dy)
-        dx, dweight, dbias = kernels.conv_transpose2d_backward(dy, cache)
+        if need_input_grad or kernels is not F:  # (the reference loops always compute dx)
+            dx, dweight, dbias = kernels.conv_transpose2d_backward(dy, cache)
+        else:
+            dx, dweight, dbias = F.conv_transpose2d_backward(dy, cache, need_input_grad=False)
         self._store(weight=dweight, bias=dbias)
-        return dx
+        return dx if need_input_grad else None
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -9,6 +9,11 @@ import numpy as np
 from .layers import Layer, Parameter
 
 
+def _has_params(layer) -> bool:
+    """Does backward have to run for this layer's gradients? (Unknown layer types: yes.)"""
+    return not isinstance(layer, Layer) or bool(layer.params)
+
+
 class Sequential(Layer):
     """Run layers one after another; backward runs them in reverse.
 
@@ -56,15 +61,31 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
-    def backward(self, dy):
-        for i in reversed(range(len(self.layers))):
+    def backward(self, dy, need_input_grad=True):
+        """Run every layer's backward, last to first, and return dL/dx.
+
+        ``need_input_grad=False`` is for training on data nobody differentiates (images):
+        the gradients of all parameters are the same, but dL/dx is not wanted, so the layers
+        below the first one with parameters are skipped, that layer is asked not to compute
+        its own dL/dx (if it can: ``layer.can_skip_input_grad``), and None is returned.
+        """
+        stop = 0  # index of the last layer (counting backwards) that must run
+        if not need_input_grad:
+            stop = next((i for i, layer in enumerate(self.layers) if _has_params(layer)), len(self.layers))
+        for i in reversed(range(stop, len(self.layers))):
             layer = self.layers[i]
+            if i == stop and not need_input_grad:
+                if getattr(layer, "can_skip_input_grad", False):
+                    layer.backward(dy, need_input_grad=False)
+                else:
+                    layer.backward(dy)
+                return None
             dx = layer.backward(dy)
             if not isinstance(dx, np.ndarray):
                 raise TypeError(f"Sequential: layer {i} ({layer!r}) backward returned "
                                 f"{type(dx).__name__}, expected dL/dx as an array")
             dy = dx
-        return dy
+        return dy if need_input_grad else None
 
     def parameters(self):
         return [Parameter(layer, key, f"{i}.{key}")
