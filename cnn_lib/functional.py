@@ -70,7 +70,7 @@ CHUNK_BYTES = 2 << 20
 
 
 #: Inputs smaller than this are not worth handing to other threads.
-PARALLEL_MIN_BYTES = 1 << 18
+PARALLEL_MIN_BYTES = 1 << 20
 
 
 def batch_slices(n: int, bytes_per_item: int, multiple_of: int = 1) -> list[slice]:
@@ -240,20 +240,18 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     ph, pw = padding
     ho, wo = output_size(h, kh, stride[0], ph), output_size(w, kw, stride[1], pw)
     k = kh * kw * c_in  # numbers in one receptive field
-    xp = _padded_nhwc(x, ph, pw)
     wmat = _weight_matrix(weight)
-    cols = np.empty((n, ho, wo, kh, kw, c_in), dtype=x.dtype)  # kept for the weight gradient
     y = np.empty((n, ho, wo, c_out), dtype=x.dtype)  # rows are pixels, channels last
 
     def work(part):
-        im2col(xp[part], (kh, kw), stride, out=cols[part])
+        cols = im2col(_padded_nhwc(x[part], ph, pw), (kh, kw), stride).reshape(-1, k)
         y_part = y[part].reshape(-1, c_out)  # a view into y
-        np.matmul(cols[part].reshape(-1, k), wmat, out=y_part)
+        np.matmul(cols, wmat, out=y_part)
         if bias is not None:
             y_part += bias
 
     for_each_slice(work, n, ho * wo * k * x.itemsize)
-    return _nchw(y), (cols, x.shape, weight, bias is not None, stride, padding)
+    return _nchw(y), (x, weight, bias is not None, stride, padding)
 
 
 def conv2d_backward(dy, cache, need_input_grad=True):
@@ -264,36 +262,39 @@ def conv2d_backward(dy, cache, need_input_grad=True):
              With ``need_input_grad=False``, dx is None and not computed (a network's first
              layer: the images need no gradient).
     """
-    cols, x_shape, weight, has_bias, stride, padding = cache
-    n, c_in, h, w = x_shape
+    x, weight, has_bias, stride, padding = cache
+    n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ph, pw = padding
     ho, wo = dy.shape[2:]
     k = kh * kw * c_in
     dyh = _nhwc(dy)
     wtaps = weight.transpose(2, 3, 1, 0)  # (kH, kW, C_in, C_out)
-    dxp = np.zeros((n, h + 2 * ph, w + 2 * pw, c_in), dtype=dy.dtype) if need_input_grad else None
+    dxh = np.empty((n, h, w, c_in), dtype=dy.dtype) if need_input_grad else None
     partial = {}  # slice start -> that slice's share of (dW, db), summed in order below
 
     def work(part):
         dy_mat = dyh[part].reshape(-1, c_out)  # free when dy is channels-last
         # dW = sum over every output position of (receptive field) x (its upstream gradient)
-        dwmat = cols[part].reshape(-1, k).T @ dy_mat
+        cols = im2col(_padded_nhwc(x[part], ph, pw), (kh, kw), stride).reshape(-1, k)
+        dwmat = cols.T @ dy_mat
         # db = column sums of dy_mat, as a product with a vector of ones: BLAS does this
         # several times faster than dy_mat.sum(axis=0) for a tall, narrow matrix
         dbias = np.ones(len(dy_mat), dtype=dy.dtype) @ dy_mat if has_bias else None
         partial[part.start] = (dwmat, dbias)
         if need_input_grad:
-            # dx: each output position sends dy * W back to the receptive field it read from
-            add_tap_products(dy_mat, wtaps, dxp[part], stride)
+            # dx: each output position sends dy * W back to the receptive field it read from;
+            # into a padded scratch array for this slice, whose inside is this slice's dx
+            dxp = np.zeros((len(dy_mat) // (ho * wo), h + 2 * ph, w + 2 * pw, c_in), dtype=dy.dtype)
+            add_tap_products(dy_mat, wtaps, dxp, stride)
+            dxh[part] = dxp[:, ph : ph + h, pw : pw + w, :]
 
     for_each_slice(work, n, ho * wo * k * dy.itemsize)
     shares = [partial[start] for start in sorted(partial)]  # a fixed order: same sums every run
     dwmat = sum(dw for dw, _ in shares)
     dbias = sum(db for _, db in shares) if has_bias else None
     dweight = np.ascontiguousarray(dwmat.reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1))
-    dx = None if dxp is None else _nchw(dxp[:, ph : ph + h, pw : pw + w, :])
-    return dx, dweight, dbias
+    return (None if dxh is None else _nchw(dxh)), dweight, dbias
 
 
 def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
