@@ -1,0 +1,241 @@
+"""The speed-ups of the fast kernels change no numbers and no behaviour.
+
+* ``backward(dy, need_input_grad=False)`` (Sequential, Conv2d, ConvTranspose2d) fills the same
+  gradients and returns None; the default still returns dL/dx.
+* Kernels that work through a batch in slices, on several threads, agree with the loop
+  reference whatever the slicing (forced here down to one image per slice).
+* float32 stays float32 everywhere.
+No timing is asserted anywhere: speed is measured by benchmarks/bench_training.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import separated
+
+from cnn_lib import (
+    SGD,
+    AvgPool2d,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    ReLU,
+    Sequential,
+    SoftmaxCrossEntropy,
+)
+from cnn_lib import functional as F
+
+F64 = np.float64
+
+
+def small_net(dtype=F64, first=None):
+    layers = [first] if first is not None else []
+    return Sequential(*layers, Conv2d(1, 3, 3, padding=1, rng=0, dtype=dtype), ReLU(), MaxPool2d(2),
+                      Conv2d(3, 4, 3, stride=2, rng=1, dtype=dtype), ReLU(), Flatten(),
+                      Linear(4 * 2 * 2, 5, rng=2, dtype=dtype))
+
+
+def grads_after_backward(model, x, **kwargs):
+    y = model.forward(x)
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(x.dtype)
+    dx = model.backward(dy, **kwargs)
+    return dx, {k: v.copy() for k, v in model.grads.items()}
+
+
+# ----------------------------------------------------------------------------- need_input_grad
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+@pytest.mark.parametrize("first", [None, Flatten(), ReLU()],
+                         ids=["conv first", "flatten first", "relu first"])
+def test_sequential_can_skip_the_input_gradient(impl, first):
+    x = np.random.default_rng(0).standard_normal((2, 1, 10, 10))
+    if isinstance(first, Flatten):  # Flatten, then a Linear layer as the first layer with parameters
+        model = Sequential(Flatten(), Linear(100, 3, rng=0, dtype=F64), ReLU(),
+                           Linear(3, 2, rng=1, dtype=F64))
+    else:
+        model = small_net(first=first)
+    model.impl = impl
+    dx, full = grads_after_backward(model, x)
+    assert isinstance(dx, np.ndarray) and dx.shape == x.shape  # default: unchanged
+    skipped, grads = grads_after_backward(model, x, need_input_grad=False)
+    assert skipped is None
+    assert grads.keys() == full.keys()
+    for k in full:
+        np.testing.assert_array_equal(grads[k], full[k], err_msg=k)
+
+
+@pytest.mark.parametrize("cls", [Conv2d, ConvTranspose2d])
+def test_conv_layers_can_skip_the_input_gradient(cls):
+    layer = cls(2, 3, 3, stride=2, padding=1, rng=0, dtype=F64)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    dx, full = grads_after_backward(layer, x)
+    assert dx.shape == x.shape
+    assert layer.backward(np.random.default_rng(1).standard_normal(layer.forward(x).shape),
+                          need_input_grad=False) is None
+    for k in full:
+        np.testing.assert_array_equal(layer.grads[k], full[k], err_msg=k)
+
+
+def test_skipping_works_with_nested_sequentials_and_foreign_layers():
+    class Scale:  # a student's own layer: no need_input_grad argument, has parameters
+        def __init__(self):
+            self.params, self.grads = {"s": np.array([2.0])}, {}
+
+        def forward(self, x):
+            self.x = x
+            return x * self.params["s"]
+
+        def backward(self, dy):
+            self.grads = {"s": np.array([np.sum(dy * self.x)])}
+            return dy * self.params["s"]
+
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
+    nested = Sequential(Sequential(Conv2d(1, 2, 3, rng=0, dtype=F64), ReLU()), Flatten(),
+                        Linear(32, 3, rng=1, dtype=F64))
+    _, full = grads_after_backward(nested, x)
+    skipped, grads = grads_after_backward(nested, x, need_input_grad=False)
+    assert skipped is None
+    for k in full:
+        np.testing.assert_array_equal(grads[k], full[k], err_msg=k)
+
+    foreign = Sequential(Scale(), Flatten(), Linear(36, 2, rng=0, dtype=F64))
+    _, full = grads_after_backward(foreign, x)
+    skipped, grads = grads_after_backward(foreign, x, need_input_grad=False)
+    assert skipped is None
+    np.testing.assert_array_equal(grads["0.s"], full["0.s"])  # its backward still ran
+
+
+def test_a_network_without_parameters_has_nothing_to_do():
+    model = Sequential(ReLU(), Flatten())
+    y = model.forward(np.ones((2, 1, 3, 3)))
+    assert model.backward(np.ones(y.shape), need_input_grad=False) is None
+
+
+# ----------------------------------------------------------------------------- slices and threads
+
+
+@pytest.fixture(params=[(1, 1), (2, 2), (3, 3)], ids=["1 thread", "2 threads", "3 threads"])
+def sliced(request, monkeypatch):
+    """Tiny slices (a few images each, however small the input) on 1-3 threads."""
+    threads, _ = request.param
+    monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # every image its own slice
+    monkeypatch.setattr(F, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "NUM_THREADS", threads)
+    return threads
+
+
+def fast_and_reference(layer, x):
+    out = {}
+    for impl in ("fast", "reference"):
+        layer.impl = impl
+        y = layer.forward(x.copy())
+        dx = layer.backward(np.random.default_rng(2).standard_normal(y.shape))
+        out[impl] = (y, dx, {k: v.copy() for k, v in layer.grads.items()})
+    for a, b in zip(out["fast"][:2], out["reference"][:2]):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+    for k in out["reference"][2]:
+        np.testing.assert_allclose(out["fast"][2][k], out["reference"][2][k], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: Conv2d(3, 4, 3, padding=1, rng=0, dtype=F64),
+    lambda: Conv2d(3, 2, (2, 3), stride=(2, 1), padding=(0, 2), bias=False, rng=1, dtype=F64),
+    lambda: Conv2d(3, 5, 3, rng=2, dtype=F64),
+    lambda: ConvTranspose2d(3, 2, 4, stride=2, padding=1, rng=3, dtype=F64),
+    lambda: MaxPool2d(2),
+    lambda: MaxPool2d(3, stride=2),  # overlapping windows
+    lambda: MaxPool2d(2, stride=3),  # rows and columns no window reaches
+    lambda: AvgPool2d(2),
+    lambda: AvgPool2d(3, stride=1),
+    lambda: ReLU(),
+], ids=["conv pad", "conv stride", "conv", "conv transpose", "maxpool", "maxpool overlap",
+        "maxpool gaps", "avgpool", "avgpool overlap", "relu"])
+def test_sliced_and_threaded_kernels_agree_with_the_loops(sliced, make):
+    fast_and_reference(make(), separated(np.random.default_rng(0), (5, 3, 7, 8)))
+
+
+def test_one_channel_conv_sliced(sliced):
+    """One input channel (a first layer): im2col copies tap by tap."""
+    fast_and_reference(Conv2d(1, 5, 3, padding=1, rng=2, dtype=F64),
+                       np.random.default_rng(0).standard_normal((5, 1, 7, 8)))
+
+
+def test_maxpool_ties_follow_the_rule_in_every_slice(sliced):
+    x = np.random.default_rng(0).integers(0, 2, (7, 3, 6, 6)).astype(F64)  # ties everywhere
+    fast_and_reference(MaxPool2d(2), x)
+
+
+def test_batch_slices_cover_the_batch():
+    for n in (1, 2, 7, 128):
+        for per_item in (1, 1000, 10**7):
+            for multiple in (1, 2, 3):
+                parts = F.batch_slices(n, per_item, multiple)
+                covered = np.concatenate([np.arange(n)[p] for p in parts])
+                np.testing.assert_array_equal(covered, np.arange(n))
+                if n >= multiple and n * per_item > F.CHUNK_BYTES:
+                    assert len(parts) % multiple == 0 or len(parts) == n
+
+
+def test_errors_in_threads_reach_the_caller(monkeypatch):
+    monkeypatch.setattr(F, "NUM_THREADS", 2)
+
+    def work(part):
+        if part.start > 0:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        F.for_each_slice(work, 4, F.CHUNK_BYTES)
+
+
+@pytest.mark.parametrize("env, expected", [
+    ({}, 1),
+    ({"OPENBLAS_NUM_THREADS": "2"}, 1),
+    ({"OPENBLAS_NUM_THREADS": "1"}, "cores"),
+    ({"OMP_NUM_THREADS": "1"}, "cores"),
+    ({"OPENBLAS_NUM_THREADS": "1", "CNN_LIB_NUM_THREADS": "3"}, 3),
+    ({"CNN_LIB_NUM_THREADS": "2"}, 2),
+])
+def test_thread_count_follows_the_environment(monkeypatch, env, expected):
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CNN_LIB_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    threads = F._default_threads()
+    assert threads >= 1
+    if expected != "cores":
+        assert threads == expected
+
+
+# ----------------------------------------------------------------------------- dtype
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_float32_training_never_makes_float64(monkeypatch, threads):
+    monkeypatch.setattr(F, "NUM_THREADS", threads)
+    monkeypatch.setattr(F, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(0)
+    model = Sequential(Conv2d(1, 4, 3, padding=1, rng=0), ReLU(), MaxPool2d(2),
+                       Conv2d(4, 6, 3, padding=1, rng=1), ReLU(), AvgPool2d(2), Flatten(),
+                       Linear(6 * 3 * 3, 10, rng=2))
+    loss = SoftmaxCrossEntropy()
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = rng.standard_normal((6, 1, 12, 12)).astype(np.float32)
+    seen = []
+    h = x
+    for layer in model:
+        h = layer.forward(h)
+        seen.append(h.dtype)
+    loss.forward(h, rng.integers(0, 10, 6))
+    d = loss.backward()
+    for layer in reversed(model.layers):
+        d = layer.backward(d)
+        seen.append(d.dtype)
+    opt.step()
+    assert set(seen) == {np.dtype(np.float32)}
+    assert {g.dtype for g in model.grads.values()} == {np.dtype(np.float32)}
+    assert {p.dtype for p in model.params.values()} == {np.dtype(np.float32)}
