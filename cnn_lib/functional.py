@@ -11,16 +11,25 @@ work. Lesson 09 walks through the tricks:
   ``x.transpose(0, 2, 3, 1)`` and gets a contiguous NHWC array back for free. Every copy and
   every shifted add then moves long contiguous runs (a pixel's channels, or a whole image
   row of them) instead of single numbers. Any input layout works; this one is just fast.
-* **Convolution is one matrix product.** ``im2col`` copies, for each of the ``kH*kW``
-  kernel taps, one shifted (and strided) view of the padded input into a column block;
-  ``cols @ Wmat`` is then the whole convolution, done by BLAS.
+* **Convolution is a matrix product.** ``im2col`` copies every receptive field into a row of
+  ``cols``; ``cols @ Wmat`` is then the whole convolution, done by BLAS.
 * **Its input gradient is one matrix product per tap and one shifted add per tap**
   (:func:`add_tap_products`), never a scatter with ``np.add.at``, and never the big
   ``(N*H_out*W_out, kH*kW*C)`` matrix of :func:`col2im`.
-* **Pooling works on ``kH*kW`` strided sub-grids** of the input, copied once into a stack of
-  contiguous slabs (one per tap): max and average become elementwise operations on slabs.
+* **Pooling works on the ``kH*kW`` strided sub-grids** of the input (one per kernel tap):
+  max and average become elementwise operations between whole arrays. Max pooling keeps,
+  per tap, a boolean mask of the inputs that won; its backward is one multiply per tap.
+* **A batch goes through in slices that fit in the CPU cache** (:func:`for_each_slice`).
+  A kernel makes several passes over its data; on a slice of about ``CHUNK_BYTES`` they hit
+  the cache, on a whole batch of 128 images they would each go out to main memory. The
+  same slices let **several threads** work at once (``NUM_THREADS``): NumPy releases the GIL
+  inside its loops, so a thread per core runs NumPy on its own slices, as PyTorch's threads
+  do. This pays when NumPy's BLAS is single-threaded (``OPENBLAS_NUM_THREADS=1``), which is
+  when cnn_lib turns it on by itself.
 * **Only what is needed.** The first layer of a network does not need dL/dx (nobody trains
-  the images), so :func:`conv2d_backward` can skip it (``need_input_grad=False``).
+  the images), so :func:`conv2d_backward` can skip it (``need_input_grad=False``). Caches keep
+  the smallest thing backward needs: a convolution keeps its input, not ``cols`` (kH*kW times
+  larger), and rebuilds each slice's ``cols``; ReLU keeps a 1-byte mask, not its input.
 * **dtype follows the input.** Nothing here makes a float64 array out of float32 inputs:
   Python scalars (``0``, ``1.0``) never change an array's dtype in NumPy.
 
@@ -68,7 +77,6 @@ def _window(i: int, j: int, stride, out_hw):
 #: over them, instead of travelling to main memory and back (~10x slower) on every pass.
 CHUNK_BYTES = 2 << 20
 
-
 #: Inputs smaller than this are not worth handing to other threads.
 PARALLEL_MIN_BYTES = 1 << 20
 
@@ -105,8 +113,10 @@ def _default_threads() -> int:
 
 
 #: Threads that work on different slices of a batch at the same time (see _default_threads).
+#: Assign to change it: ``cnn_lib.functional.NUM_THREADS = 2``.
 NUM_THREADS = _default_threads()
-_pool: ThreadPoolExecutor | None = None
+_pool: ThreadPoolExecutor | None = None  # the helper threads, started on first use
+_pool_size = 0
 
 
 def for_each_slice(work, n: int, bytes_per_item: int) -> None:
@@ -118,7 +128,7 @@ def for_each_slice(work, n: int, bytes_per_item: int) -> None:
     ``work`` must write only to its own part of the outputs. With one thread, or for inputs
     under ``PARALLEL_MIN_BYTES``, everything runs right here, in order.
     """
-    global _pool
+    global _pool, _pool_size
     threads = NUM_THREADS if n * bytes_per_item >= PARALLEL_MIN_BYTES else 1
     parts = batch_slices(n, bytes_per_item, threads)
     threads = min(threads, len(parts))
@@ -130,8 +140,8 @@ def for_each_slice(work, n: int, bytes_per_item: int) -> None:
     if threads <= 1:
         run(parts)
         return
-    if _pool is None or _pool._max_workers < threads - 1:
-        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="cnn_lib")
+    if _pool_size < threads - 1:
+        _pool, _pool_size = ThreadPoolExecutor(threads - 1, thread_name_prefix="cnn_lib"), threads - 1
     # thread t takes slices t, t + threads, t + 2*threads, ...; this thread takes share 0
     others = [_pool.submit(run, parts[t::threads]) for t in range(1, threads)]
     run(parts[0::threads])
@@ -233,7 +243,9 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
              :func:`conv2d_backward`
 
     The batch goes through in slices (:func:`for_each_slice`): each slice's rows of
-    ``cols`` are built and multiplied while they are still in the CPU cache.
+    ``cols`` are built and multiplied while they are still in the CPU cache, then dropped.
+    The cache keeps ``x`` itself; backward rebuilds ``cols`` slice by slice (cheaper than
+    keeping a kH*kW times larger array and reading it back from main memory).
     """
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
@@ -278,9 +290,10 @@ def conv2d_backward(dy, cache, need_input_grad=True):
         # dW = sum over every output position of (receptive field) x (its upstream gradient)
         cols = im2col(_padded_nhwc(x[part], ph, pw), (kh, kw), stride).reshape(-1, k)
         dwmat = cols.T @ dy_mat
-        # db = column sums of dy_mat, as a product with a vector of ones: BLAS does this
-        # several times faster than dy_mat.sum(axis=0) for a tall, narrow matrix
-        dbias = np.ones(len(dy_mat), dtype=dy.dtype) @ dy_mat if has_bias else None
+        # db = column sums of dy_mat. np.einsum sums a tall, narrow matrix several times
+        # faster than dy_mat.sum(axis=0), and (unlike the product ones @ dy_mat, which
+        # OpenBLAS runs one call at a time) on all threads at once
+        dbias = np.einsum("pk->k", dy_mat) if has_bias else None
         partial[part.start] = (dwmat, dbias)
         if need_input_grad:
             # dx: each output position sends dy * W back to the receptive field it read from;

@@ -49,8 +49,9 @@ def grads_after_backward(model, x, **kwargs):
 
 
 @pytest.mark.parametrize("impl", ["fast", "reference"])
-@pytest.mark.parametrize("first", [None, Flatten(), ReLU()],
-                         ids=["conv first", "flatten first", "relu first"])
+@pytest.mark.parametrize("first", [None, Flatten(), ReLU(),
+                                   ConvTranspose2d(1, 1, 3, padding=1, rng=3, dtype=F64)],
+                         ids=["conv first", "flatten first", "relu first", "transposed conv first"])
 def test_sequential_can_skip_the_input_gradient(impl, first):
     x = np.random.default_rng(0).standard_normal((2, 1, 10, 10))
     if isinstance(first, Flatten):  # Flatten, then a Linear layer as the first layer with parameters
