@@ -12,10 +12,10 @@ What is timed: one training step = forward + softmax cross-entropy + backward + 
 update, on real MNIST digits (the sample shipped in data/), float32 and float64, batch 1, 32
 and 128, for the tutorial's network and a LeNet-style one:
 
-* ``fast``      cnn_lib's vectorised kernels with cnn_lib's own threads: the worker starts with
-                ``OPENBLAS_NUM_THREADS=1`` and ``CNN_LIB_NUM_THREADS=--threads``;
-* ``fast_blas`` the same kernels with NumPy's default threading: OpenBLAS threads inside each
-                matrix product, cnn_lib single-threaded (what a user gets without the setting);
+* ``fast``      cnn_lib's vectorised kernels with cnn_lib's own threads (its default:
+                ``--threads`` of them, NumPy's BLAS kept to one thread while they work);
+* ``fast_blas`` the same kernels with ``CNN_LIB_NUM_THREADS=1``: OpenBLAS threads inside each
+                matrix product, everything else on one core;
 * ``torch``     the same network in PyTorch (when installed), same dtype,
                 ``torch.set_num_threads(--threads)``;
 * ``reference`` cnn_lib's loop kernels (batch 1 only, a few steps: they are loops);
@@ -325,10 +325,10 @@ WORKER_OF = {"fast": "numpy", "reference": "numpy", "loops": "numpy", "fast_blas
 def run_throughput(args, torch_available):
     t = str(args.threads)
     workers = {
-        # cnn_lib's own threads, one per core, each running whole slices of the batch with a
-        # single-threaded BLAS (see cnn_lib.functional.NUM_THREADS)
-        "numpy": Worker("numpy", args.threads, {"OPENBLAS_NUM_THREADS": "1", "CNN_LIB_NUM_THREADS": t}),
-        # NumPy's default: BLAS threads inside each matrix product, everything else on one core
+        # cnn_lib's default: its own threads, one per core, each running whole slices of the
+        # batch, with BLAS kept to one thread meanwhile (cnn_lib.functional.single_threaded_blas)
+        "numpy": Worker("numpy", args.threads, {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": t}),
+        # the other way: BLAS threads inside each matrix product, everything else on one core
         "numpy_blas": Worker("numpy", args.threads, {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": "1"}),
     }
     if torch_available:
@@ -468,7 +468,7 @@ def run_mnist(args):
     subset = (2000, 1000) if args.quick else None
     # the same threads as the "cnn_lib fast" column
     process = _spawn(_mnist_worker, (path, args.mnist_epochs, 128, subset, child),
-                     {"OPENBLAS_NUM_THREADS": "1", "CNN_LIB_NUM_THREADS": str(args.threads)})
+                     {"OPENBLAS_NUM_THREADS": str(args.threads), "CNN_LIB_NUM_THREADS": str(args.threads)})
     while True:
         status, value = conn.recv()
         if status == "progress":
@@ -579,11 +579,12 @@ def build_report(args, results, info, mnist, machine, started, load):
         f"(min–max of the per-round ratios). cnn_lib's first layer skips dL/dx "
         f"(`model.backward(dy, need_input_grad=False)`), as PyTorch does for an input that needs no grad.",
         "",
-        f"Threads: {args.threads} on every side. **cnn_lib fast**: started with `OPENBLAS_NUM_THREADS=1`, so "
-        f"cnn_lib runs {np_info.get('cnn_lib_threads')} threads of its own, each on slices of the batch, "
-        f"with a single-threaded BLAS. **cnn_lib fast, BLAS threads**: NumPy's default, OpenBLAS with "
-        f"{info['numpy_blas'].get('openblas_threads')} threads inside each matrix product and everything "
-        f"else on one core. **PyTorch**: `torch.set_num_threads({args.threads})`.",
+        f"Threads: {args.threads} on every side. **cnn_lib fast**: cnn_lib's default, "
+        f"{np_info.get('cnn_lib_threads')} threads of its own, each on slices of the batch, with NumPy's "
+        f"BLAS kept to one thread while they work. **cnn_lib fast, BLAS threads**: the other way to use "
+        f"the cores (`CNN_LIB_NUM_THREADS=1`): OpenBLAS with {info['numpy_blas'].get('openblas_threads')} "
+        f"threads inside each matrix product and everything else on one core. **PyTorch**: "
+        f"`torch.set_num_threads({args.threads})`.",
         "",
     ]
     for net in NETS:
@@ -617,9 +618,9 @@ def build_report(args, results, info, mnist, machine, started, load):
               "Reading the numbers: every value is a median over rounds that alternate between the "
               "libraries, and the brackets show how far single rounds strayed. Other processes on the "
               "machine (see the load average) slow whichever side happens to run at that moment, and "
-              "threads that wait for each other suffer most; compare ratios, not single values. To train "
-              "as fast as the **cnn_lib fast** column, start Python with `OPENBLAS_NUM_THREADS=1` (cnn_lib "
-              "then runs one thread per core itself; `CNN_LIB_NUM_THREADS` sets the number).", ""]
+              "threads that wait for each other suffer most; compare ratios, not single values. The "
+              "**cnn_lib fast** column is what `cnn_lib` does with no setting at all; "
+              "`CNN_LIB_NUM_THREADS` changes its number of threads.", ""]
     if mnist:
         ep = mnist["epochs"]
         lines += [

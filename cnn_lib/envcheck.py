@@ -11,7 +11,7 @@ this file needs nothing but the standard library to start)::
 
     python cnn_lib/envcheck.py        # or: python -m cnn_lib.envcheck
 
-What is checked: the Python version, that numpy, matplotlib, ipywidgets and tqdm import and
+What is checked: the Python version, that numpy, matplotlib, ipywidgets, tqdm and threadpoolctl import and
 are recent enough, that cnn_lib imports, and that the MNIST sample shipped in ``data/`` is
 there, byte for byte the file whose SHA-256 ``data/README.md`` lists.
 
@@ -43,6 +43,7 @@ REQUIREMENTS = {
     "matplotlib": ("matplotlib", "3.7"),
     "ipywidgets": ("ipywidgets", "8.0"),
     "tqdm": ("tqdm", "4.64"),
+    "threadpoolctl": ("threadpoolctl", "3.1"),
 }
 
 _REPO = Path(__file__).resolve().parent.parent
@@ -183,7 +184,8 @@ def check_environment(data_dir=None) -> list[Check]:
 
     Returns:
         A list of :class:`Check` ``(item, ok, message)`` tuples: Python, numpy, matplotlib,
-        ipywidgets, tqdm, cnn_lib, the widget front-end packages, the MNIST sample.
+        ipywidgets, tqdm, threadpoolctl, cnn_lib, the widget front-end packages, the MNIST
+        sample.
     """
     data_dir = _REPO / "data" if data_dir is None else Path(data_dir)
     checks = [_check_python()]

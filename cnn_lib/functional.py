@@ -22,10 +22,10 @@ work. Lesson 09 walks through the tricks:
 * **A batch goes through in slices that fit in the CPU cache** (:func:`for_each_slice`).
   A kernel makes several passes over its data; on a slice of about ``CHUNK_BYTES`` they hit
   the cache, on a whole batch of 128 images they would each go out to main memory. The
-  same slices let **several threads** work at once (``NUM_THREADS``): NumPy releases the GIL
-  inside its loops, so a thread per core runs NumPy on its own slices, as PyTorch's threads
-  do. This pays when NumPy's BLAS is single-threaded (``OPENBLAS_NUM_THREADS=1``), which is
-  when cnn_lib turns it on by itself.
+  same slices let **several threads** work at once (``NUM_THREADS``, one per core): NumPy
+  releases the GIL inside its loops, so a thread per core runs NumPy on its own slices, as
+  PyTorch's threads do. Meanwhile NumPy's BLAS is kept to one thread per matrix product
+  (:func:`single_threaded_blas`), so that the two never fight over the cores.
 * **Only what is needed.** The first layer of a network does not need dL/dx (nobody trains
   the images), so :func:`conv2d_backward` can skip it (``need_input_grad=False``). Caches keep
   the smallest thing backward needs: a convolution keeps its input, not ``cols`` (kH*kW times
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -91,32 +92,56 @@ def batch_slices(n: int, bytes_per_item: int, multiple_of: int = 1) -> list[slic
 
 
 def _default_threads() -> int:
-    """CNN_LIB_NUM_THREADS if set; all cores if NumPy's BLAS was told to use one thread; else 1.
-
-    A NumPy program can use several cores in two ways: BLAS splits each matrix product over
-    its own threads (the default: OpenBLAS starts one per core), or the program splits the
-    *batch* over threads that each run everything -- copies, elementwise operations and
-    single-threaded matrix products -- on their slice (what PyTorch does). Both at once
-    would put two threads on every core; so cnn_lib only starts its own threads when BLAS
-    is single-threaded (``OPENBLAS_NUM_THREADS=1`` before Python starts), or when asked to.
-    """
+    """CNN_LIB_NUM_THREADS if set, else one thread per core this process may use."""
     if os.environ.get("CNN_LIB_NUM_THREADS"):
         return max(1, int(os.environ["CNN_LIB_NUM_THREADS"]))
-    blas_threads = next((os.environ[v] for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-                         if os.environ.get(v)), None)
-    if blas_threads != "1":
-        return 1
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
 
 
-#: Threads that work on different slices of a batch at the same time (see _default_threads).
-#: Assign to change it: ``cnn_lib.functional.NUM_THREADS = 2``.
+#: Threads that work on different slices of a batch at the same time (see for_each_slice).
+#: Assign to change it: ``cnn_lib.functional.NUM_THREADS = 1``.
 NUM_THREADS = _default_threads()
 _pool: ThreadPoolExecutor | None = None  # the helper threads, started on first use
 _pool_size = 0
+_blas_libraries = None  # threadpoolctl's handles on NumPy's BLAS, found on first use
+_blas_limited = False  # True inside single_threaded_blas()
+
+
+@contextmanager
+def single_threaded_blas():
+    """A context in which NumPy's BLAS runs each matrix product on one thread.
+
+    A NumPy program can use several cores in two ways: BLAS splits each matrix product over
+    its own threads (NumPy's default: OpenBLAS starts one per core), or the program splits
+    the *batch* over threads that each run everything -- copies, elementwise operations and
+    matrix products -- on their own slice (what PyTorch does, and what for_each_slice does).
+    Both at once would put two threads on every core, so while cnn_lib's threads work, BLAS
+    is told to use one (through threadpoolctl; about a microsecond), and afterwards as many
+    as before. :class:`cnn_lib.Sequential` keeps BLAS at one thread for a whole forward or
+    backward pass: OpenBLAS's own threads keep spinning for a while after each product they
+    share, and would slow the next layer's threads down.
+    """
+    global _blas_libraries, _blas_limited
+    if _blas_limited:  # already inside (a Sequential pass): nothing to do
+        yield
+        return
+    if _blas_libraries is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [lib.get_num_threads() for lib in _blas_libraries]
+    for lib in _blas_libraries:
+        lib.set_num_threads(1)
+    _blas_limited = True
+    try:
+        yield
+    finally:
+        _blas_limited = False
+        for lib, threads in zip(_blas_libraries, before):
+            lib.set_num_threads(threads)
 
 
 def for_each_slice(work, n: int, bytes_per_item: int) -> None:
@@ -142,11 +167,14 @@ def for_each_slice(work, n: int, bytes_per_item: int) -> None:
         return
     if _pool_size < threads - 1:
         _pool, _pool_size = ThreadPoolExecutor(threads - 1, thread_name_prefix="cnn_lib"), threads - 1
-    # thread t takes slices t, t + threads, t + 2*threads, ...; this thread takes share 0
-    others = [_pool.submit(run, parts[t::threads]) for t in range(1, threads)]
-    run(parts[0::threads])
-    for future in others:
-        future.result()  # wait, and re-raise any error from that thread
+    with single_threaded_blas():
+        # thread t takes slices t, t + threads, t + 2*threads, ...; this thread takes share 0
+        others = [_pool.submit(run, parts[t::threads]) for t in range(1, threads)]
+        try:
+            run(parts[0::threads])
+        finally:
+            for future in others:
+                future.result()  # wait, and re-raise any error from that thread
 
 
 # --------------------------------------------------------------------------- convolution
@@ -209,7 +237,7 @@ def cols_matrix(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     cols_t = np.empty((kh, kw, c, n, ho, wo), dtype=xp.dtype)
     for i, j in _taps(kh, kw):
-        cols_t[i, j] = np.moveaxis(xp[_window(i, j, stride, (ho, wo))], 3, 0)  # (C, N, Ho, Wo)
+        cols_t[i, j] = xp[_window(i, j, stride, (ho, wo))].transpose(3, 0, 1, 2)  # (C, N, Ho, Wo)
     return cols_t.reshape(kh * kw * c, n * ho * wo).T
 
 

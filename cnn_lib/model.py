@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 
+from . import functional as F
 from .layers import Layer, Parameter
 
 
@@ -57,8 +58,9 @@ class Sequential(Layer):
             layer.impl = value
 
     def forward(self, x):
-        for layer in self.layers:
-            x = layer.forward(x)
+        with F.single_threaded_blas():  # cnn_lib's threads do the parallel work
+            for layer in self.layers:
+                x = layer.forward(x)
         return x
 
     def backward(self, dy, need_input_grad=True):
@@ -69,6 +71,10 @@ class Sequential(Layer):
         below the first one with parameters are skipped, that layer is asked not to compute
         its own dL/dx (if it can: ``layer.can_skip_input_grad``), and None is returned.
         """
+        with F.single_threaded_blas():  # cnn_lib's threads do the parallel work
+            return self._backward(dy, need_input_grad)
+
+    def _backward(self, dy, need_input_grad):
         stop = 0  # index of the last layer (counting backwards) that must run
         if not need_input_grad:
             stop = next((i for i, layer in enumerate(self.layers) if _has_params(layer)), len(self.layers))

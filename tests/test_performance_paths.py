@@ -10,6 +10,8 @@ No timing is asserted anywhere: speed is measured by benchmarks/bench_training.p
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from helpers import separated
@@ -193,22 +195,61 @@ def test_errors_in_threads_reach_the_caller(monkeypatch):
 
 
 @pytest.mark.parametrize("env, expected", [
-    ({}, 1),
-    ({"OPENBLAS_NUM_THREADS": "2"}, 1),
-    ({"OPENBLAS_NUM_THREADS": "1"}, "cores"),
-    ({"OMP_NUM_THREADS": "1"}, "cores"),
-    ({"OPENBLAS_NUM_THREADS": "1", "CNN_LIB_NUM_THREADS": "3"}, 3),
-    ({"CNN_LIB_NUM_THREADS": "2"}, 2),
+    ({}, "cores"),
+    ({"OPENBLAS_NUM_THREADS": "1"}, "cores"),  # BLAS's own setting does not matter any more
+    ({"CNN_LIB_NUM_THREADS": "3"}, 3),
+    ({"CNN_LIB_NUM_THREADS": "1"}, 1),
 ])
 def test_thread_count_follows_the_environment(monkeypatch, env, expected):
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "CNN_LIB_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
-    threads = F._default_threads()
-    assert threads >= 1
-    if expected != "cores":
-        assert threads == expected
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert F._default_threads() == (cores if expected == "cores" else expected)
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
+
+
+class BlasProbe:
+    """A foreign layer that records how many threads BLAS may use while it runs."""
+
+    params: dict = {}
+
+    def __init__(self, seen):
+        self.seen = seen
+
+    def forward(self, x):
+        self.seen.append(blas_threads())
+        return x
+
+    def backward(self, dy):
+        self.seen.append(blas_threads())
+        return dy
+
+
+def test_blas_is_single_threaded_while_cnn_lib_threads_work_and_restored_after(monkeypatch):
+    monkeypatch.setattr(F, "NUM_THREADS", 2)
+    before = blas_threads()
+    assert before, "NumPy's BLAS was not found by threadpoolctl"
+    seen = []
+    F.for_each_slice(lambda part: seen.append(blas_threads()), 4, F.CHUNK_BYTES)
+    model = Sequential(BlasProbe(seen), Linear(3, 2, rng=0, dtype=F64))
+    model.backward(np.ones((5, 2)) * model.forward(np.ones((5, 3))))
+    assert len(seen) == 4 + 2
+    assert all(s == [1] * len(before) for s in seen), seen
+    assert blas_threads() == before
+
+    def work(part):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        F.for_each_slice(work, 4, F.CHUNK_BYTES)
+    assert blas_threads() == before  # an error does not leave BLAS single-threaded
 
 
 # ----------------------------------------------------------------------------- dtype
