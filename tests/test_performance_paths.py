@@ -174,11 +174,13 @@ def test_maxpool_ties_follow_the_rule_in_every_slice(sliced):
 
 def test_batch_slices_cover_the_batch():
     for n in (1, 2, 7, 128):
-        for per_item in (1, 1000, 10**7):
+        for per_item in (1, 1000, 10**6, 10**7, 10**8):
             for multiple in (1, 2, 3):
                 parts = F.batch_slices(n, per_item, multiple)
                 covered = np.concatenate([np.arange(n)[p] for p in parts])
                 np.testing.assert_array_equal(covered, np.arange(n))
+                sizes = [p.stop - p.start for p in parts]
+                assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1  # balanced between threads
                 if n >= multiple and n * per_item > F.CHUNK_BYTES:
                     assert len(parts) % multiple == 0 or len(parts) == n
 
