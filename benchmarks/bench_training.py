@@ -32,8 +32,10 @@ of the per-round ratios (the sides of a pair run back to back).
 
 Machines of this course's CI set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for old OpenBLAS
 builds; a student's machine does not, and they slow large float32 matrix products down, so
-this script restarts itself without them (and says so in the report). Nothing else about the
-environment is changed.
+this script restarts itself without them (and says so in the report). The only other change
+to the environment: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and MKL_NUM_THREADS are set to
+``--threads`` (and each worker's CNN_LIB_NUM_THREADS as described above), so that every library
+gets the same number of cores.
 """
 
 from __future__ import annotations
@@ -661,7 +663,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, short blocks, MNIST subset")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads for NumPy's BLAS and for PyTorch (default: all cores)")
+                        help="threads for cnn_lib, NumPy's BLAS and PyTorch (default: all cores)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 1)")
     parser.add_argument("--block", type=float, default=None,
                         help="seconds per measurement block (default 0.6, quick 0.15)")

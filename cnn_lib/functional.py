@@ -38,7 +38,8 @@ Shapes follow PyTorch: images ``(N, C, H, W)``, conv weights ``(C_out, C_in, kH,
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import numpy as np
@@ -121,24 +122,31 @@ def single_threaded_blas():
     the *batch* over threads that each run everything -- copies, elementwise operations and
     matrix products -- on their own slice (what PyTorch does, and what for_each_slice does).
     Both at once would put two threads on every core, so while cnn_lib's threads work, BLAS
-    is told to use one (through threadpoolctl; about a microsecond), and afterwards as many
+    is told to use one (through threadpoolctl; a few microseconds), and afterwards as many
     as before. :class:`cnn_lib.Sequential` keeps BLAS at one thread for a whole forward or
     backward pass: OpenBLAS's own threads keep spinning for a while after each product they
     share, and would slow the next layer's threads down.
     """
     global _blas_libraries, _blas_limited
-    if _blas_limited:  # already inside (a Sequential pass): nothing to do
+    if (
+        _blas_limited  # already inside (a Sequential pass): nothing to do
+        or NUM_THREADS <= 1  # cnn_lib runs on one thread: BLAS may use every core itself
+        or threading.current_thread() is not threading.main_thread()  # limits are process-wide
+    ):
         yield
         return
     if _blas_libraries is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:  # an old environment: work on, BLAS threads and all
+            _blas_libraries = []
+        else:
+            _blas_libraries = ThreadpoolController().select(user_api="blas").lib_controllers
     before = [lib.get_num_threads() for lib in _blas_libraries]
-    for lib in _blas_libraries:
-        lib.set_num_threads(1)
-    _blas_limited = True
     try:
+        _blas_limited = True
+        for lib in _blas_libraries:
+            lib.set_num_threads(1)
         yield
     finally:
         _blas_limited = False
@@ -175,8 +183,9 @@ def for_each_slice(work, n: int, bytes_per_item: int) -> None:
         try:
             run(parts[0::threads])
         finally:
-            for future in others:
-                future.result()  # wait, and re-raise any error from that thread
+            wait(others)  # every thread is done with the outputs before anyone looks at them
+        for future in others:
+            future.result()  # re-raise any error from another thread
 
 
 # --------------------------------------------------------------------------- convolution

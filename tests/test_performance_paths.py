@@ -11,6 +11,7 @@ No timing is asserted anywhere: speed is measured by benchmarks/bench_training.p
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -252,6 +253,37 @@ def test_blas_is_single_threaded_while_cnn_lib_threads_work_and_restored_after(m
     with pytest.raises(RuntimeError, match="boom"):
         F.for_each_slice(work, 4, F.CHUNK_BYTES)
     assert blas_threads() == before  # an error does not leave BLAS single-threaded
+
+
+def test_with_one_cnn_lib_thread_blas_keeps_its_threads(monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setattr(F, "NUM_THREADS", 1)
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        if set(before) != {2}:
+            pytest.skip(f"this BLAS cannot be set to 2 threads ({before})")
+        seen = []
+        model = Sequential(BlasProbe(seen), Linear(3, 2, rng=0, dtype=F64))
+        model.backward(np.ones((5, 2)) * model.forward(np.ones((5, 3))))
+        F.for_each_slice(lambda part: seen.append(blas_threads()), 4, F.CHUNK_BYTES)
+        assert seen == [before] * 6  # one cnn_lib thread: BLAS may use every core itself
+
+
+def test_an_error_in_one_thread_waits_for_the_others(monkeypatch):
+    monkeypatch.setattr(F, "NUM_THREADS", 3)
+    done = []
+
+    def work(part):
+        if part.start == 1:  # the first helper thread fails at once
+            raise RuntimeError("boom")
+        if part.start == 2:  # the second is still writing its part of the outputs
+            time.sleep(0.2)
+        done.append(part.start)
+
+    with pytest.raises(RuntimeError, match="boom"):
+        F.for_each_slice(work, 3, F.CHUNK_BYTES)
+    assert sorted(done) == [0, 2]  # ... and had finished before the error reached the caller
 
 
 # ----------------------------------------------------------------------------- dtype
