@@ -28,7 +28,7 @@ work. Lesson 09 walks through the tricks:
 * **Only what is needed.** The first layer of a network does not need dL/dx (nobody trains
   the images), so :func:`conv2d_backward` can skip it (``need_input_grad=False``). Caches keep
   the smallest thing backward needs: a convolution keeps its input, not ``cols`` (kH*kW times
-  larger), and rebuilds each slice's ``cols``; ReLU keeps a 1-byte mask, not its input.
+  larger), and rebuilds each slice's ``cols``; ReLU keeps its 0/1 mask, not its input.
 * **dtype follows the input.** Nothing here makes a float64 array out of float32 inputs:
   Python scalars (``0``, ``1.0``) never change an array's dtype in NumPy.
 
@@ -583,12 +583,15 @@ def sigmoid(z):
 def relu_forward(x):
     if x.ndim == 0:
         return np.maximum(x, 0), x > 0
-    # empty_like keeps x's memory layout (channels-last stays channels-last)
-    y, mask = np.empty_like(x), np.empty_like(x, dtype=bool)
+    # The cache is the mask "x > 0" stored as 1.0 / 0.0 in x's dtype (not as bools), and
+    # y = x * mask. Multiplying two float arrays runs NumPy's vector loop; np.maximum(x, 0)
+    # and float-times-bool products run scalar loops, 2-3 times slower (measured).
+    # empty_like keeps x's memory layout (channels-last stays channels-last).
+    y, mask = np.empty_like(x), np.empty_like(x)
 
     def work(part):
-        np.maximum(x[part], 0, out=y[part])
-        np.greater(x[part], 0, out=mask[part])  # cached instead of x: 1 byte per number
+        np.greater(x[part], 0, out=mask[part])
+        np.multiply(x[part], mask[part], out=y[part])
 
     for_each_slice(work, len(x), x[0].nbytes)
     return y, mask
