@@ -1,12 +1,14 @@
 """Training throughput of cnn_lib (fast and reference kernels), the tutorial's per-pixel loops and
-PyTorch, side by side in one run; then an accuracy-vs-time and memory run on full MNIST.
+PyTorch, side by side in one run; then where the time goes, layer by layer (LeNet-style net,
+cnn_lib vs PyTorch, benchmarks/layer_times.py); then an accuracy-vs-time and memory run on
+full MNIST.
 
 Run from the repository root:
 
     python benchmarks/bench_training.py            # full run, ~6 minutes, writes benchmarks/RESULTS.md
     python benchmarks/bench_training.py --quick    # smoke run, ~1 minute, writes nothing by default
 
-Subsets: ``--nets lenet --batches 32,128 --dtypes float32 --impls fast,torch --no-mnist``.
+Subsets: ``--nets lenet --batches 32,128 --dtypes float32 --impls fast,torch --no-layers --no-mnist``.
 
 What is timed: one training step = forward + softmax cross-entropy + backward + plain SGD
 update, on real MNIST digits (the sample shipped in data/), float32 and float64, batch 1, 32
@@ -255,12 +257,17 @@ def _worker(kind, threads, conn):
         if task is None:
             return
         try:
-            key = (task["impl"], task["net"], task["batch"], task["dtype"])
+            key = (task["impl"], task["net"], task["batch"], task["dtype"], task.get("layer"))
             dtype = np.dtype(task["dtype"]).type
             first = key not in steps
             if first:
                 impl, net, batch = key[:3]
-                if impl == "torch":
+                if task.get("layer"):  # one layer of the LeNet-style net (layer_times.py)
+                    import layer_times
+
+                    kind = layer_times.TorchLayer if impl == "torch" else layer_times.CnnLibLayer
+                    steps[key] = kind(task["layer"], batch, dtype)
+                elif impl == "torch":
                     steps[key] = TorchStep(net, batch, dtype)
                 elif impl == "loops":
                     steps[key] = LoopStep(net, batch, dtype)
@@ -366,6 +373,32 @@ def _swap_pairs(configs):
         if out[i]["impl"] == "fast" and out[i + 1]["impl"] == "torch":
             out[i], out[i + 1] = out[i + 1], out[i]
     return out
+
+
+def run_layers(args, torch_available):
+    """Each layer of the LeNet-style net on its own, cnn_lib vs PyTorch (layer_times.py):
+    {(impl, batch, layer): [seconds per forward + backward, one median per round]}."""
+    from layer_times import LAYERS
+
+    t = str(args.threads)
+    workers = {"fast": Worker("numpy", args.threads, {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": t})}
+    if torch_available:
+        workers["torch"] = Worker("torch", args.threads, {})
+    batches = [b for b in args.batches if b > 1]
+    results = {}
+    for r in range(args.layer_rounds):
+        for batch in batches:
+            for name, _ in LAYERS:
+                for impl in (list(workers) if r % 2 == 0 else list(workers)[::-1]):
+                    task = dict(impl=impl, net="lenet", batch=batch, dtype="float32", layer=name,
+                                warmup=3, min_steps=5, max_steps=10_000, seconds=args.block / 3)
+                    times = workers[impl].measure(task)
+                    results.setdefault((impl, batch, name), []).append(float(np.median(times)))
+                    time.sleep(args.pause / 4)
+        print(f"  round {r + 1}/{args.layer_rounds} done", flush=True)
+    for w in workers.values():
+        w.close()
+    return results
 
 
 # ----------------------------------------------------------------------------- full MNIST run
@@ -552,7 +585,57 @@ def machine_info():
                 commit=commit)
 
 
-def build_report(args, results, info, mnist, machine, started, load):
+def _ms(x):
+    return "" if x is None else f"{x:.3f}" if x < 1 else f"{x:.2f}"
+
+
+def _layer_report(args, layers, results):
+    """The per-layer section: where a LeNet-style training step spends its time."""
+    from layer_times import LAYERS
+
+    torch_ok = any(k[0] == "torch" for k in layers)
+    lines = ["## Where the time goes: the LeNet-style net layer by layer (float32)", "",
+             "Each layer on its own, at the shape it has in the net: forward + backward, in "
+             "milliseconds (median over rounds; each round's value is a median over calls). "
+             "conv1 skips dL/dx on both sides; `loss` is softmax cross-entropy, `sgd` the optimizer "
+             "step over all parameters. The sum is not the step time of the table above: there the "
+             "layers also pass their outputs through the CPU caches to one another, and the "
+             "memory each array needs is fresh.", ""]
+    batches = sorted({k[1] for k in layers})
+    head, sep = "| layer |", "|---|"
+    for b in batches:
+        head += f" cnn_lib, batch {b} |" + (f" PyTorch, batch {b} | cnn_lib / PyTorch |" if torch_ok else "")
+        sep += "---:|" + ("---:|---:|" if torch_ok else "")
+    lines += [head, sep]
+    total = {}
+    for name, _ in LAYERS + (("sum", None),):
+        row = f"| {'**sum**' if name == 'sum' else name} |"
+        for b in batches:
+            ms = {}
+            for impl in ("fast", "torch"):
+                if name == "sum":
+                    ms[impl] = total.get((impl, b))
+                elif (impl, b, name) in layers:
+                    ms[impl] = 1000 * float(np.median(layers[(impl, b, name)]))
+                    total[(impl, b)] = total.get((impl, b), 0.0) + ms[impl]
+            row += f" {_ms(ms.get('fast'))} |"
+            if torch_ok:
+                ratio = (f"{ms['fast'] / ms['torch']:.2f}" if ms.get("fast") and ms.get("torch") else "")
+                row += f" {_ms(ms.get('torch'))} | {ratio} |"
+        lines.append(row)
+    steps = []
+    for b in batches:
+        for impl, label in (("fast", "cnn_lib"), ("torch", "PyTorch")):
+            rates = results.get((impl, "lenet", b, "float32"))
+            if rates:
+                step_ms = 1000 * b / float(np.median(list(rates.values())))
+                steps.append(f"{label} {step_ms:.2f} ms at batch {b}")
+    lines += ["", "cnn_lib / PyTorch is a ratio of *times*: above 1, cnn_lib is slower on that layer."
+              + (f" Whole training steps, from the table above: {'; '.join(steps)}." if steps else ""), ""]
+    return lines
+
+
+def build_report(args, results, info, mnist, machine, started, load, layers=None):
     torch_ok = "torch" in info
     lines = []
     cmd = "python benchmarks/bench_training.py" + (" --quick" if args.quick else "")
@@ -623,6 +706,8 @@ def build_report(args, results, info, mnist, machine, started, load):
               "threads that wait for each other suffer most; compare ratios, not single values. The "
               "**cnn_lib fast** column is what `cnn_lib` does with no setting at all; "
               "`CNN_LIB_NUM_THREADS` changes its number of threads.", ""]
+    if layers:
+        lines += _layer_report(args, layers, results)
     if mnist:
         ep = mnist["epochs"]
         lines += [
@@ -673,6 +758,8 @@ def main(argv=None):
     parser.add_argument("--dtypes", default="float32,float64", help="subset of: float32,float64")
     parser.add_argument("--impls", default="fast,torch,fast_blas,reference,loops",
                         help="subset of: fast,torch,fast_blas,reference,loops")
+    parser.add_argument("--no-layers", action="store_true",
+                        help="skip the layer-by-layer timing of the LeNet-style net")
     parser.add_argument("--no-mnist", action="store_true", help="skip the full-MNIST run")
     parser.add_argument("--mnist-epochs", type=int, default=2)
     parser.add_argument("--mnist-dir", default=None,
@@ -686,6 +773,7 @@ def main(argv=None):
     args.nets, args.dtypes, args.impls = (a.split(",") for a in (args.nets, args.dtypes, args.impls))
     args.batches = [int(b) for b in args.batches.split(",")]
     args.block = args.block or (0.15 if args.quick else 0.6)
+    args.layer_rounds = 1 if args.quick else min(args.rounds, 5)
     # Every worker process inherits these; NumPy's OpenBLAS and PyTorch's OpenMP read them at start.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
@@ -706,6 +794,10 @@ def main(argv=None):
 
     print("throughput (interleaved rounds):", flush=True)
     results, info = run_throughput(args, torch_available)
+    layers = None
+    if not args.no_layers and "lenet" in args.nets and "float32" in args.dtypes and max(args.batches) > 1:
+        print("the LeNet-style net layer by layer:", flush=True)
+        layers = run_layers(args, torch_available)
     mnist = None
     if not args.no_mnist:
         print("full MNIST, cnn_lib fast, LeNet-style net:", flush=True)
@@ -714,7 +806,7 @@ def main(argv=None):
         except Exception as e:  # e.g. the data is not there: say so, keep the throughput results
             print(f"  skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
     load_after = os.getloadavg()[0]
-    report = build_report(args, results, info, mnist, machine, started, (load_before, load_after))
+    report = build_report(args, results, info, mnist, machine, started, (load_before, load_after), layers)
     print()
     print(report)
     print(f"\n(total {time.perf_counter() - t_start:.0f} s)")
@@ -722,6 +814,7 @@ def main(argv=None):
     if output:
         Path(output).write_text(report + "\n")
         raw = dict(results={"|".join(map(str, k)): v for k, v in results.items()}, info=info, mnist=mnist,
+                   layer_seconds={"|".join(map(str, k)): v for k, v in (layers or {}).items()},
                    machine=machine, argv=sys.argv[1:])
         Path(output).with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
         print(f"wrote {output} and {Path(output).with_suffix('.json').name}")

@@ -1,0 +1,52 @@
+"""The benchmark scripts still run (they are not part of the test run otherwise).
+
+Nothing here is timed: these check that benchmarks/ works as its README command says, and
+that its layer-by-layer cases compute what the training step computes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import layer_times  # noqa: E402
+
+
+@pytest.mark.parametrize("name", [name for name, _ in layer_times.LAYERS])
+def test_every_cnn_lib_layer_case_runs(name):
+    case = layer_times.CnnLibLayer(name, 3, np.float32)
+    case()
+    if name not in ("loss", "sgd"):
+        assert case.layer.forward(case.x).shape == case.dy.shape
+        for key, grad in case.layer.grads.items():
+            assert grad.dtype == np.float32 and np.isfinite(grad).all(), key
+
+
+@pytest.mark.parametrize("name", [name for name, _ in layer_times.LAYERS])
+def test_every_torch_layer_case_runs(name):
+    pytest.importorskip("torch")
+    case = layer_times.TorchLayer(name, 3, np.float32)
+    case()
+    if name not in ("loss", "sgd"):
+        assert (case.x.grad is None) == (name == "conv1")  # the images need no gradient
+
+
+def test_quick_benchmark_writes_a_report(tmp_path):
+    out = tmp_path / "report.md"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), "--quick", "--nets", "lenet",
+         "--batches", "1,32", "--dtypes", "float32", "--impls", "fast,torch", "--no-mnist",
+         "--block", "0.05", "--output", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = out.read_text()
+    assert "| float32 | 32 |" in report
+    assert "## Where the time goes" in report and "| conv2 |" in report
+    assert out.with_suffix(".json").exists()
