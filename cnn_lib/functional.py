@@ -25,6 +25,11 @@ work. Lesson 09 walks through the tricks:
   inside its loops, so a thread per core runs NumPy on its own slices, as PyTorch's threads
   do. Meanwhile NumPy's BLAS is kept to one thread per matrix product
   (:func:`single_threaded_blas`), so that the two never fight over the cores.
+* **A ReLU right after a convolution runs inside it** (:func:`conv2d_relu_forward`, and
+  ``relu_mask`` in :func:`conv2d_backward`): each slice of the batch goes through the ReLU
+  while the convolution's output for that slice is still in the CPU cache, instead of in a
+  second pass over the whole batch from main memory. :class:`cnn_lib.Sequential` does this
+  by itself; the layers, their results and their caches are the same as unfused.
 * **Only what is needed.** The first layer of a network does not need dL/dx (nobody trains
   the images), so :func:`conv2d_backward` can skip it (``need_input_grad=False``). Caches keep
   the smallest thing backward needs: a convolution keeps its input, not ``cols`` (kH*kW times
@@ -308,6 +313,25 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     slice by slice (cheaper than keeping a kH*kW times larger array and reading it back from
     main memory).
     """
+    return _conv2d_forward(x, weight, bias, stride, padding, relu=False)[:2]
+
+
+def conv2d_relu_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
+    """A convolution followed by a ReLU, in one pass over the batch.
+
+    returns: y = relu(conv(x)), the cache of :func:`conv2d_forward` and the cache of
+             :func:`relu_forward` (its 0/1 mask): the same three arrays, bit for bit, as
+             ``relu_forward(conv2d_forward(...)[0])``.
+
+    Fused: each slice of the batch goes through the ReLU right after its matrix product,
+    while its output is still in the CPU cache, and the ReLU needs no pass over main memory
+    and no hand-over to the threads of its own. :class:`cnn_lib.Sequential` uses it for every
+    Conv2d that a ReLU follows (as PyTorch's oneDNN backend does).
+    """
+    return _conv2d_forward(x, weight, bias, stride, padding, relu=True)
+
+
+def _conv2d_forward(x, weight, bias, stride, padding, relu):
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ph, pw = padding
@@ -325,18 +349,26 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
         np.matmul(cols, wmat, out=y_part)
         if bias is not None:
             y[part].reshape(-1, wo * c_out)[...] += bias_row
+        if relu:  # the steps of relu_forward, on this slice
+            np.greater(y[part], 0, out=mask[part])
+            np.multiply(y[part], mask[part], out=y[part])
 
+    mask = np.empty_like(y) if relu else None
     for_each_slice(work, n, ho * wo * k * x.itemsize)
-    return _nchw(y), (x, weight, bias is not None, stride, padding)
+    return _nchw(y), (x, weight, bias is not None, stride, padding), (_nchw(mask) if relu else None)
 
 
-def conv2d_backward(dy, cache, need_input_grad=True):
+def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None):
     """Gradients of a convolution.
 
     dy:      (N, C_out, H_out, W_out) upstream gradient dL/dy
     returns: dx (N, C_in, H, W), dweight (C_out, C_in, kH, kW), dbias (C_out,) or None.
              With ``need_input_grad=False``, dx is None and not computed (a network's first
              layer: the images need no gradient).
+    relu_mask: the cache of a ReLU that followed this convolution (:func:`conv2d_relu_forward`);
+             dy is then the gradient at the ReLU's output, and each slice of it is multiplied
+             by the mask first: ReLU's backward fused in, with the results of
+             ``conv2d_backward(relu_backward(dy, relu_mask), cache)`` (up to rounding).
     """
     x, weight, has_bias, stride, padding = cache
     n, c_in, h, w = x.shape
@@ -345,12 +377,16 @@ def conv2d_backward(dy, cache, need_input_grad=True):
     ho, wo = dy.shape[2:]
     k = kh * kw * c_in
     dyh = _nhwc(dy)
+    maskh = None if relu_mask is None else _nhwc(relu_mask)
     wtaps = weight.transpose(2, 3, 1, 0)  # (kH, kW, C_in, C_out)
     dxh = np.empty((n, h, w, c_in), dtype=dy.dtype) if need_input_grad else None
     partial = {}  # slice start -> that slice's share of (dW, db), summed in order below
 
     def work(part):
-        dy_mat = dyh[part].reshape(-1, c_out)  # free when dy is channels-last
+        if maskh is None:
+            dy_mat = dyh[part].reshape(-1, c_out)  # free when dy is channels-last
+        else:  # relu_backward of this slice, then its rows
+            dy_mat = np.multiply(dyh[part], maskh[part]).reshape(-1, c_out)
         # dW = sum over every output position of (receptive field) x (its upstream gradient)
         cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride)
         dwmat = cols.T @ dy_mat

@@ -181,7 +181,7 @@ class Conv2d(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (n, self.out_channels, F.output_size(h, kh, sh, ph), F.output_size(w, kw, sw, pw))
 
-    def forward(self, x):
+    def _check_input(self, x):
         _checks.float_array(x, "x", self.name, ndim=4, layout="(N, C_in, H, W)")
         _checks.channels(x, self.in_channels, self.name)
         (kh, kw), (ph, pw) = self.kernel_size, self.padding
@@ -191,6 +191,9 @@ class Conv2d(Layer):
                 f"{self.name}: kernel {kh}x{kw} is larger than the padded input {h}x{w} "
                 f"(input {x.shape[2]}x{x.shape[3]} plus padding {self.padding} on each side)"
             )
+
+    def forward(self, x):
+        self._check_input(x)
         y, cache = self._k.conv2d_forward(x, self._cast("weight", x), self._cast("bias", x),
                                           self.stride, self.padding)
         self._cache = (self._k, cache, y.shape)
@@ -206,6 +209,35 @@ class Conv2d(Layer):
             dx, dweight, dbias = F.conv2d_backward(dy, cache, need_input_grad=False)
         self._store(weight=dweight, bias=dbias)
         return dx if need_input_grad else None
+
+    # Fused with the ReLU that follows (Sequential does this for the fast kernels): the same
+    # results (backward: up to rounding) and the same caches in both layers as
+    # ``relu.forward(self.forward(x))`` and ``self.backward(relu.backward(dy))``, in one pass
+    # over the batch instead of two.
+
+    def forward_with_relu(self, x, relu: ReLU):
+        """``relu.forward(self.forward(x))`` in one pass (fast kernels only)."""
+        self._check_input(x)
+        _checks.float_array(x, "x", relu.name)
+        y, cache, mask = F.conv2d_relu_forward(x, self._cast("weight", x), self._cast("bias", x),
+                                               self.stride, self.padding)
+        self._cache = (F, cache, y.shape)
+        relu._cache = (F, mask, y.shape)  # exactly what relu.forward would have kept
+        return y
+
+    def backward_with_relu(self, dy, relu: ReLU, need_input_grad=True):
+        """``self.backward(relu.backward(dy), need_input_grad)`` in one pass. Both layers'
+        forward passes must have run with the fast kernels (see :meth:`can_fuse_backward`)."""
+        _, mask = relu._start_backward(dy)
+        _, cache = self._start_backward(dy)
+        dx, dweight, dbias = F.conv2d_backward(dy, cache, need_input_grad, relu_mask=mask)
+        self._store(weight=dweight, bias=dbias)
+        return dx if need_input_grad else None
+
+    def can_fuse_backward(self, relu) -> bool:
+        """Were both caches made by the fast kernels (the reference ReLU keeps x, not a mask)?"""
+        return (type(relu) is ReLU and self._cache is not None and self._cache[0] is F
+                and relu._cache is not None and relu._cache[0] is F)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

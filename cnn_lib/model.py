@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from . import functional as F
-from .layers import Layer, Parameter
+from .layers import Conv2d, Layer, Parameter, ReLU
 
 
 def _has_params(layer) -> bool:
@@ -57,10 +57,25 @@ class Sequential(Layer):
         for layer in getattr(self, "layers", []):
             layer.impl = value
 
+    def _fuses_forward(self, i) -> bool:
+        """Run layers i and i+1 as one: a Conv2d and the ReLU after it, both on the fast
+        kernels (see Conv2d.forward_with_relu: same results, one pass over memory)."""
+        if i + 1 >= len(self.layers):
+            return False
+        conv, relu = self.layers[i], self.layers[i + 1]
+        return (type(conv) is Conv2d and type(relu) is ReLU
+                and conv.impl == "fast" and relu.impl == "fast")
+
     def forward(self, x):
         with F.single_threaded_blas():  # cnn_lib's threads do the parallel work
-            for layer in self.layers:
-                x = layer.forward(x)
+            i = 0
+            while i < len(self.layers):
+                if self._fuses_forward(i):
+                    x = self.layers[i].forward_with_relu(x, self.layers[i + 1])
+                    i += 2
+                else:
+                    x = self.layers[i].forward(x)
+                    i += 1
         return x
 
     def backward(self, dy, need_input_grad=True):
@@ -78,8 +93,18 @@ class Sequential(Layer):
         stop = 0  # index of the last layer (counting backwards) that must run
         if not need_input_grad:
             stop = next((i for i, layer in enumerate(self.layers) if _has_params(layer)), len(self.layers))
-        for i in reversed(range(stop, len(self.layers))):
+        i = len(self.layers) - 1
+        while i >= stop:
             layer = self.layers[i]
+            below = self.layers[i - 1] if i - 1 >= stop else None
+            if type(below) is Conv2d and below.can_fuse_backward(layer):
+                # a ReLU and the Conv2d under it, in one pass (Conv2d.backward_with_relu)
+                wanted = need_input_grad or i - 1 > stop
+                dx = below.backward_with_relu(dy, layer, need_input_grad=wanted)
+                if not wanted:
+                    return None
+                dy, i = dx, i - 2
+                continue
             if i == stop and not need_input_grad:
                 if getattr(layer, "can_skip_input_grad", False):
                     layer.backward(dy, need_input_grad=False)
@@ -90,7 +115,7 @@ class Sequential(Layer):
             if not isinstance(dx, np.ndarray):
                 raise TypeError(f"Sequential: layer {i} ({layer!r}) backward returned "
                                 f"{type(dx).__name__}, expected dL/dx as an array")
-            dy = dx
+            dy, i = dx, i - 1
         return dy if need_input_grad else None
 
     def parameters(self):

@@ -4,6 +4,8 @@
   gradients and returns None; the default still returns dL/dx.
 * Kernels that work through a batch in slices, on several threads, agree with the loop
   reference whatever the slicing (forced here down to one image per slice).
+* A Conv2d followed by a ReLU runs fused in Sequential (one pass) with the same outputs,
+  caches and (up to rounding) gradients as the two layers one after the other.
 * float32 stays float32 everywhere.
 No timing is asserted anywhere: speed is measured by benchmarks/bench_training.py.
 """
@@ -117,6 +119,128 @@ def test_a_network_without_parameters_has_nothing_to_do():
     model = Sequential(ReLU(), Flatten())
     y = model.forward(np.ones((2, 1, 3, 3)))
     assert model.backward(np.ones(y.shape), need_input_grad=False) is None
+
+
+# ----------------------------------------------------------------------------- conv + ReLU fused
+
+
+def unfused_copy(model):
+    """The same network, run layer by layer (a plain loop never fuses)."""
+
+    class LayerByLayer:
+        def __init__(self, layers):
+            self.layers = layers
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer.forward(x)
+            return x
+
+        def backward(self, dy):
+            for layer in reversed(self.layers):
+                dy = layer.backward(dy)
+            return dy
+
+    return LayerByLayer(model.layers)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+@pytest.mark.parametrize("conv", [dict(c_in=1, k=3, stride=1, padding=1),
+                                  dict(c_in=5, k=3, stride=2, padding=0),
+                                  dict(c_in=4, k=(2, 3), stride=(1, 2), padding=(1, 0))],
+                         ids=["few channels", "stride 2", "rectangular"])
+def test_fused_conv_relu_gives_what_the_two_layers_give(monkeypatch, threads, dtype, conv):
+    monkeypatch.setattr(F, "NUM_THREADS", threads)
+    monkeypatch.setattr(F, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "CHUNK_BYTES", 2048)  # several slices
+    calls = []
+    for name in ("conv2d_relu_forward",):
+        real = getattr(F, name)
+        monkeypatch.setattr(F, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    model = Sequential(Conv2d(conv["c_in"], 6, conv["k"], stride=conv["stride"], padding=conv["padding"],
+                              rng=0, dtype=dtype), ReLU(), Flatten())
+    x = np.random.default_rng(0).standard_normal((5, conv["c_in"], 9, 8)).astype(dtype)
+    x[0, :, :2] = 0  # zero inputs: outputs equal to the bias, exactly 0 when the bias is
+    model[0].params["bias"][:2] = 0
+    y = model.forward(x)
+    assert calls, "Sequential did not use the fused kernel"
+    mask = model[1]._cache[1].copy()
+    dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
+    dx = model.backward(dy)
+    grads = {k: v.copy() for k, v in model.grads.items()}
+    _, grads_skip = grads_after_backward(model, x, need_input_grad=False)
+
+    plain = unfused_copy(model)
+    y_plain = plain.forward(x)
+    np.testing.assert_array_equal(y, y_plain)  # forward: the very same operations
+    np.testing.assert_array_equal(mask, model[1]._cache[1])  # the ReLU keeps what it always keeps
+    # backward: the same operations on the same numbers, but a matrix product may round
+    # differently when its input lies elsewhere in memory (OpenBLAS), so: up to rounding
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dx, plain.backward(dy), **tol)
+    for k, v in model.grads.items():
+        np.testing.assert_allclose(grads[k], v, err_msg=k, **tol)
+    assert y.dtype == dx.dtype == dtype
+    # need_input_grad=False with the fused pair at the bottom: same weight gradients, no dx
+    y2 = model.forward(x)
+    assert model.backward(np.random.default_rng(1).standard_normal(y2.shape).astype(dtype),
+                          need_input_grad=False) is None
+    for k in grads_skip:
+        np.testing.assert_allclose(model.grads[k], grads_skip[k], err_msg=k, **tol)
+
+
+def test_after_a_fused_forward_each_layer_can_go_back_on_its_own():
+    conv, relu = Conv2d(2, 3, 3, padding=1, rng=0, dtype=F64), ReLU()
+    model = Sequential(conv, relu)
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    y = model.forward(x)
+    dy = np.random.default_rng(1).standard_normal(y.shape)
+    dx_fused = model.backward(dy)
+    grads = {k: v.copy() for k, v in conv.grads.items()}
+    dx_alone = conv.backward(relu.backward(dy))  # the caches are the plain layers' caches
+    np.testing.assert_array_equal(dx_fused, dx_alone)
+    for k in grads:
+        np.testing.assert_array_equal(conv.grads[k], grads[k])
+
+
+@pytest.mark.parametrize("impls", [("reference", "fast"), ("fast", "reference"), ("reference", "reference")])
+def test_no_fusion_unless_both_layers_are_fast(monkeypatch, impls):
+    def refuse(*args, **kwargs):
+        raise AssertionError("fused although a layer uses the reference kernels")
+
+    monkeypatch.setattr(F, "conv2d_relu_forward", refuse)
+    real_backward = F.conv2d_backward
+
+    def backward_without_mask(*args, relu_mask=None, **kwargs):
+        assert relu_mask is None, "fused backward although a layer uses the reference kernels"
+        return real_backward(*args, **kwargs)
+
+    monkeypatch.setattr(F, "conv2d_backward", backward_without_mask)
+    conv, relu = Conv2d(1, 2, 3, rng=0, dtype=F64), ReLU()
+    conv.impl, relu.impl = impls
+    model = Sequential(conv, relu, Flatten())
+    x = np.random.default_rng(0).standard_normal((2, 1, 5, 5))
+    y = model.forward(x)
+    dx = model.backward(np.ones(y.shape))
+    assert dx.shape == x.shape
+    # forward run by hand with a reference ReLU (its cache is x, not a mask), backward through
+    # Sequential: still not fused
+    conv.impl, relu.impl = "fast", "reference"
+    relu.forward(conv.forward(x))
+    conv.impl, relu.impl = "fast", "fast"
+    assert model.backward(np.ones(y.shape)).shape == x.shape
+
+
+def test_fused_forward_rejects_bad_input_like_the_conv_and_changes_nothing():
+    model = Sequential(Conv2d(3, 2, 3, rng=0, dtype=F64), ReLU())
+    with pytest.raises(ValueError, match="channel"):
+        model.forward(np.ones((1, 2, 5, 5)))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        model.forward(np.ones((1, 3, 2, 2)))
+    assert model[0]._cache is None and model[1]._cache is None
+    with pytest.raises(RuntimeError, match="forward"):
+        model.backward(np.ones((1, 2, 3, 3)))
 
 
 # ----------------------------------------------------------------------------- slices and threads
