@@ -216,9 +216,9 @@ class Conv2d(Layer):
     # over the batch instead of two.
 
     def forward_with_relu(self, x, relu: ReLU):
-        """``relu.forward(self.forward(x))`` in one pass (fast kernels only)."""
+        """``relu.forward(self.forward(x))`` in one pass (fast kernels only). The ReLU does not
+        check its input for NaN or inf on its own here: the next layer checks it."""
         self._check_input(x)
-        _checks.float_array(x, "x", relu.name)
         y, cache, mask = F.conv2d_relu_forward(x, self._cast("weight", x), self._cast("bias", x),
                                                self.stride, self.padding)
         self._cache = (F, cache, y.shape)
