@@ -331,14 +331,19 @@ WORKER_OF = {"fast": "numpy", "reference": "numpy", "loops": "numpy", "fast_blas
              "torch": "torch"}
 
 
-def run_throughput(args, torch_available):
+def fast_env(args, cnn_lib_threads=None):
+    """Environment of a cnn_lib worker. By default cnn_lib's own setting: its threads, one per
+    core, each running whole slices of the batch, with BLAS kept to one thread meanwhile
+    (cnn_lib.functional.single_threaded_blas)."""
     t = str(args.threads)
+    return {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": str(cnn_lib_threads or t)}
+
+
+def run_throughput(args, torch_available):
     workers = {
-        # cnn_lib's default: its own threads, one per core, each running whole slices of the
-        # batch, with BLAS kept to one thread meanwhile (cnn_lib.functional.single_threaded_blas)
-        "numpy": Worker("numpy", args.threads, {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": t}),
+        "numpy": Worker("numpy", args.threads, fast_env(args)),
         # the other way: BLAS threads inside each matrix product, everything else on one core
-        "numpy_blas": Worker("numpy", args.threads, {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": "1"}),
+        "numpy_blas": Worker("numpy", args.threads, fast_env(args, cnn_lib_threads=1)),
     }
     if torch_available:
         workers["torch"] = Worker("torch", args.threads, {})
@@ -380,8 +385,7 @@ def run_layers(args, torch_available):
     {(impl, batch, layer): [seconds per forward + backward, one median per round]}."""
     from layer_times import LAYERS
 
-    t = str(args.threads)
-    workers = {"fast": Worker("numpy", args.threads, {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": t})}
+    workers = {"fast": Worker("numpy", args.threads, fast_env(args))}
     if torch_available:
         workers["torch"] = Worker("torch", args.threads, {})
     batches = [b for b in args.batches if b > 1]
@@ -502,8 +506,7 @@ def run_mnist(args):
     conn, child = mp.get_context("spawn").Pipe()
     subset = (2000, 1000) if args.quick else None
     # the same threads as the "cnn_lib fast" column
-    process = _spawn(_mnist_worker, (path, args.mnist_epochs, 128, subset, child),
-                     {"OPENBLAS_NUM_THREADS": str(args.threads), "CNN_LIB_NUM_THREADS": str(args.threads)})
+    process = _spawn(_mnist_worker, (path, args.mnist_epochs, 128, subset, child), fast_env(args))
     while True:
         status, value = conn.recv()
         if status == "progress":
@@ -589,7 +592,7 @@ def _ms(x):
     return "" if x is None else f"{x:.3f}" if x < 1 else f"{x:.2f}"
 
 
-def _layer_report(args, layers, results):
+def _layer_report(layers, results):
     """The per-layer section: where a LeNet-style training step spends its time."""
     from layer_times import LAYERS
 
@@ -598,11 +601,10 @@ def _layer_report(args, layers, results):
              "Each layer on its own, at the shape it has in the net: forward + backward, in "
              "milliseconds (median over rounds; each round's value is a median over calls). "
              "conv1 skips dL/dx on both sides; `loss` is softmax cross-entropy, `sgd` the optimizer "
-             "step over all parameters. In a training step `Sequential` runs conv1 with relu1 and conv2 with "
-             "relu2 fused (one pass each); here each layer runs alone. The sum is not the step time of the "
-             "table above: there the "
-             "layers also pass their outputs through the CPU caches to one another, and the "
-             "memory each array needs is fresh.", ""]
+             "step over all parameters. In a training step `Sequential` runs conv1 with relu1 and "
+             "conv2 with relu2 fused (one pass each); here each layer runs alone. The sum is not the "
+             "step time of the table above: there the layers also pass their outputs through the CPU "
+             "caches to one another, and the memory each array needs is fresh.", ""]
     batches = sorted({k[1] for k in layers})
     head, sep = "| layer |", "|---|"
     for b in batches:
@@ -709,7 +711,7 @@ def build_report(args, results, info, mnist, machine, started, load, layers=None
               "**cnn_lib fast** column is what `cnn_lib` does with no setting at all; "
               "`CNN_LIB_NUM_THREADS` changes its number of threads.", ""]
     if layers:
-        lines += _layer_report(args, layers, results)
+        lines += _layer_report(layers, results)
     if mnist:
         ep = mnist["epochs"]
         lines += [

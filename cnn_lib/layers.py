@@ -234,6 +234,10 @@ class Conv2d(Layer):
         self._store(weight=dweight, bias=dbias)
         return dx if need_input_grad else None
 
+    def can_fuse_forward(self, relu) -> bool:
+        """Is ``relu`` a ReLU, and do both layers run on the fast kernels?"""
+        return type(relu) is ReLU and self.impl == "fast" and relu.impl == "fast"
+
     def can_fuse_backward(self, relu) -> bool:
         """Were both caches made by the fast kernels (the reference ReLU keeps x, not a mask)?"""
         return (type(relu) is ReLU and self._cache is not None and self._cache[0] is F

@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from . import functional as F
-from .layers import Conv2d, Layer, Parameter, ReLU
+from .layers import Conv2d, Layer, Parameter
 
 
 def _has_params(layer) -> bool:
@@ -60,11 +60,9 @@ class Sequential(Layer):
     def _fuses_forward(self, i) -> bool:
         """Run layers i and i+1 as one: a Conv2d and the ReLU after it, both on the fast
         kernels (see Conv2d.forward_with_relu: same results, one pass over memory)."""
-        if i + 1 >= len(self.layers):
-            return False
-        conv, relu = self.layers[i], self.layers[i + 1]
-        return (type(conv) is Conv2d and type(relu) is ReLU
-                and conv.impl == "fast" and relu.impl == "fast")
+        layer = self.layers[i]
+        return (i + 1 < len(self.layers) and type(layer) is Conv2d
+                and layer.can_fuse_forward(self.layers[i + 1]))
 
     def forward(self, x):
         with F.single_threaded_blas():  # cnn_lib's threads do the parallel work
