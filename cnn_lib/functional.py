@@ -19,12 +19,13 @@ work. Lesson 09 walks through the tricks:
 * **Pooling works on the ``kH*kW`` strided sub-grids** of the input (one per kernel tap):
   max and average become elementwise operations between whole arrays. Max pooling keeps,
   per tap, a boolean mask of the inputs that won; its backward is one multiply per tap.
-* **A batch goes through in slices** (:func:`for_each_slice`) of about ``CHUNK_BYTES`` of
-  ``cols`` each, so the biggest temporary never exists for a whole large batch at once, and
-  **several threads** work at once (``NUM_THREADS``, one per core): NumPy releases the GIL
-  inside its loops, so a thread per core runs NumPy on its own slices, as PyTorch's threads
-  do. Meanwhile NumPy's BLAS is kept to one thread per matrix product
-  (:func:`single_threaded_blas`), so that the two never fight over the cores.
+* **A batch goes through in slices** (:func:`for_each_slice`) that touch about
+  ``CHUNK_BYTES`` each (``cols`` included), so the biggest temporary never exists for a whole
+  large batch at once, and **several threads** work at once (``NUM_THREADS``, one per core):
+  NumPy releases the GIL inside its loops, so a thread per core runs NumPy on its own slices,
+  as PyTorch's threads do. Meanwhile NumPy's BLAS is kept to one thread per matrix product
+  (:func:`single_threaded_blas`), so that the two never fight over the cores; a dense layer's
+  products share their columns out between the threads instead (:func:`matmul`).
 * **A ReLU right after a convolution runs inside it** (:func:`conv2d_relu_forward`, and
   ``relu_mask`` in :func:`conv2d_backward`): each slice of the batch goes through the ReLU
   while the convolution's output for that slice is still in the CPU cache, instead of in a
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 
 import numpy as np
@@ -78,15 +78,19 @@ def _window(i: int, j: int, stride, out_hw):
 
 # --------------------------------------------------------------------------- batch slices
 
-#: Work through a batch in slices that touch about this many bytes each. Smaller slices keep
-#: a kernel's temporaries in the CPU cache between its passes, but every slice also costs
-#: something (fresh memory for its temporaries, smaller matrix products, one more partial
-#: sum). Measured on the course's 2-core machine (2 MiB of cache per core): 16 MiB trains the
-#: LeNet-style net of benchmarks/ 10-20% faster than 2 MiB. Measure before changing it.
+#: Work through a batch in slices that touch about this many bytes each (what a kernel reads
+#: and writes, its temporaries included). Smaller slices keep a kernel's temporaries in the
+#: CPU cache between its passes, but every slice also costs something (fresh memory for its
+#: temporaries, smaller matrix products, one more partial sum). Measured on the course's
+#: 2-core machine (2 MiB of cache per core): 16 MiB trains the LeNet-style net of
+#: benchmarks/ 10-20% faster than 2 MiB. Measure before changing it.
 CHUNK_BYTES = 16 << 20
 
-#: Inputs smaller than this are not worth handing to other threads.
-PARALLEL_MIN_BYTES = 1 << 20
+#: Work that touches fewer bytes than this is not worth handing to other threads: waking a
+#: thread and moving the data it made to the core that reads it next cost more than the
+#: work. Measured on the course's 2-core machines: the tutorial net's convolution at batch 32
+#: (1.6 MB) trains 20% slower on two threads, the LeNet-style net's first one (4 MB) 5% faster.
+PARALLEL_MIN_BYTES = 2 << 20
 
 
 def batch_slices(n: int, bytes_per_item: int, multiple_of: int = 1) -> list[slice]:
@@ -112,10 +116,60 @@ def _default_threads() -> int:
 #: Threads that work on different slices of a batch at the same time (see for_each_slice).
 #: Assign to change it: ``cnn_lib.functional.NUM_THREADS = 1``.
 NUM_THREADS = _default_threads()
-_pool: ThreadPoolExecutor | None = None  # the helper threads, started on first use
-_pool_size = 0
 _blas_libraries = None  # threadpoolctl's handles on NumPy's BLAS, found on first use
 _blas_limited = False  # True inside single_threaded_blas()
+
+
+class _Helper:
+    """A thread that sleeps until it is handed a job, runs it, and says when it is done.
+
+    Two locks do the talking: ``start`` is released to wake the thread with a job, ``done``
+    is released by the thread when the job has finished. A wake-up through a lock costs
+    about 15 microseconds here; a ``concurrent.futures`` pool's about 50 (its queue, its
+    futures and their conditions), and the kernels hand work over about ten times a step.
+    """
+
+    def __init__(self, name):
+        self.start, self.done = threading.Lock(), threading.Lock()
+        self.start.acquire()
+        self.done.acquire()
+        self.job, self.error = None, None
+        threading.Thread(target=self._loop, name=name, daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self.start.acquire()  # sleep until run() hands over a job
+            try:
+                self.job()
+            except BaseException as error:  # noqa: BLE001 -- handed to the caller by wait()
+                self.error = error
+            finally:
+                self.job = None
+                self.done.release()
+
+    def run(self, job):
+        self.job = job
+        self.start.release()
+
+    def wait(self):
+        """Block until the job has finished; return the error it raised, or None."""
+        self.done.acquire()
+        error, self.error = self.error, None
+        return error
+
+
+_helpers: list[_Helper] = []  # started on first use, kept for the life of the process
+_helpers_busy = threading.Lock()  # held by the one for_each_slice call that uses them
+
+
+def _forget_helpers_after_fork():
+    """A forked child has none of its parent's threads: start new ones when needed."""
+    global _helpers, _helpers_busy
+    _helpers, _helpers_busy = [], threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers_after_fork)
 
 
 @contextmanager
@@ -165,10 +219,11 @@ def for_each_slice(work, n: int, bytes_per_item: int) -> None:
 
     NumPy releases Python's GIL while its loops and matrix products run, so threads that each
     call NumPy on their own part of the batch really do run at the same time, one per core.
-    ``work`` must write only to its own part of the outputs. With one thread, or for inputs
-    under ``PARALLEL_MIN_BYTES``, everything runs right here, in order.
+    ``work`` must write only to its own part of the outputs. With one thread, for inputs
+    under ``PARALLEL_MIN_BYTES``, or while another call is using the helper threads (another
+    thread of the program, or ``work`` itself calling for_each_slice), everything runs right
+    here, in order. An error in any thread reaches the caller once every thread has stopped.
     """
-    global _pool, _pool_size
     threads = NUM_THREADS if n * bytes_per_item >= PARALLEL_MIN_BYTES else 1
     parts = batch_slices(n, bytes_per_item, threads)
     threads = min(threads, len(parts))
@@ -177,20 +232,27 @@ def for_each_slice(work, n: int, bytes_per_item: int) -> None:
         for part in share:
             work(part)
 
-    if threads <= 1:
+    if threads <= 1 or not _helpers_busy.acquire(blocking=False):
         run(parts)
         return
-    if _pool_size < threads - 1:
-        _pool, _pool_size = ThreadPoolExecutor(threads - 1, thread_name_prefix="cnn_lib"), threads - 1
-    with single_threaded_blas():
-        # thread t takes slices t, t + threads, t + 2*threads, ...; this thread takes share 0
-        others = [_pool.submit(run, parts[t::threads]) for t in range(1, threads)]
-        try:
-            run(parts[0::threads])
-        finally:
-            wait(others)  # every thread is done with the outputs before anyone looks at them
-        for future in others:
-            future.result()  # re-raise any error from another thread
+    try:
+        while len(_helpers) < threads - 1:
+            _helpers.append(_Helper(f"cnn_lib-{len(_helpers) + 1}"))
+        helpers = _helpers[: threads - 1]
+        with single_threaded_blas():
+            # helper t takes slices t, t + threads, t + 2*threads, ...; this thread takes share 0
+            for t, helper in enumerate(helpers, start=1):
+                helper.run(lambda share=parts[t::threads]: run(share))
+            try:
+                run(parts[0::threads])
+            finally:
+                # every thread is done with the outputs before anyone looks at them
+                errors = [helper.wait() for helper in helpers]
+            for error in errors:
+                if error is not None:
+                    raise error  # an error from another thread
+    finally:
+        _helpers_busy.release()
 
 
 # --------------------------------------------------------------------------- convolution
@@ -354,7 +416,9 @@ def _conv2d_forward(x, weight, bias, stride, padding, relu):
             np.multiply(y[part], mask[part], out=y[part])
 
     mask = np.empty_like(y) if relu else None
-    for_each_slice(work, n, ho * wo * k * x.itemsize)
+    outputs = 2 if relu else 1  # y, and the mask of a fused ReLU
+    # bytes per image: its cols, its outputs and its input
+    for_each_slice(work, n, (ho * wo * (k + outputs * c_out) + h * w * c_in) * x.itemsize)
     return _nchw(y), (x, weight, bias is not None, stride, padding), (_nchw(mask) if relu else None)
 
 
@@ -402,7 +466,9 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None):
             add_tap_products(dy_mat, wtaps, dxp, stride)
             dxh[part] = dxp[:, ph : ph + h, pw : pw + w, :]
 
-    for_each_slice(work, n, ho * wo * k * dy.itemsize)
+    upstream = 1 if maskh is None else 2  # dy, and the mask of a fused ReLU
+    # bytes per image: its cols, its upstream arrays, its input and its dx
+    for_each_slice(work, n, (ho * wo * (k + upstream * c_out) + 2 * h * w * c_in) * dy.itemsize)
     shares = [partial[start] for start in sorted(partial)]  # a fixed order: same sums every run
     dwmat = sum(dw for dw, _ in shares)
     dbias = sum(db for _, db in shares) if has_bias else None
@@ -506,7 +572,7 @@ def maxpool2d_forward(x, kernel, stride):
                 hit &= ~taken  # an earlier tap already equals the max: it wins the tie
                 taken |= hit
 
-    for_each_slice(work, n, x[0].nbytes)
+    for_each_slice(work, n, x[0].nbytes + y[0].nbytes + wins[:, 0].nbytes)  # bytes per image
     return _nchw(y), (x.shape, wins, kernel, stride)
 
 
@@ -528,7 +594,7 @@ def maxpool2d_backward(dy, cache):
             else:  # each input in at most one window: write
                 np.multiply(dyh[part], wins[t, part], out=dxs[window])
 
-    for_each_slice(work, x_shape[0], dxh[0].nbytes)
+    for_each_slice(work, x_shape[0], dxh[0].nbytes + dyh[0].nbytes + wins[:, 0].nbytes)
     return _nchw(dxh)
 
 
@@ -561,9 +627,27 @@ def avgpool2d_backward(dy, cache):
 # --------------------------------------------------------------------------- dense + softmax
 
 
+def matmul(a, b):
+    """``a @ b`` for 2-D arrays, its columns shared out between cnn_lib's threads.
+
+    Column block ``j`` of the product is ``a @ b[:, j]``: each thread computes its own block
+    straight into the result, and nothing has to be added up afterwards. NumPy's BLAS is
+    kept to one thread inside a network's pass (see :func:`single_threaded_blas`), so without
+    this a big dense layer would leave every core but one idle.
+    """
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+
+    def work(part):
+        np.matmul(a, b[:, part], out=out[:, part])
+
+    # per column of the result: a column of b and one of the result, plus a share of a
+    for_each_slice(work, b.shape[1], (a.size // b.shape[1] + b.shape[0] + a.shape[0]) * out.itemsize)
+    return out
+
+
 def linear_forward(x, weight, bias):
     """x: (N, in), weight: (out, in), bias: (out,) or None -> y = x W^T + b: (N, out)."""
-    y = x @ weight.T
+    y = matmul(x, weight.T)  # x @ weight.T, on every core
     if bias is not None:
         y += bias
     return y, (x, weight, bias is not None)
@@ -572,7 +656,7 @@ def linear_forward(x, weight, bias):
 def linear_backward(dy, cache):
     """dy: (N, out) -> dx = dy W (N, in), dweight = dy^T x (out, in), dbias = sum_n dy (out,)."""
     x, weight, has_bias = cache
-    return dy @ weight, dy.T @ x, (dy.sum(axis=0) if has_bias else None)
+    return matmul(dy, weight), matmul(dy.T, x), (dy.sum(axis=0) if has_bias else None)
 
 
 def log_softmax(z, axis=-1):
@@ -629,7 +713,7 @@ def relu_forward(x):
         np.greater(x[part], 0, out=mask[part])
         np.multiply(x[part], mask[part], out=y[part])
 
-    for_each_slice(work, len(x), x[0].nbytes)
+    for_each_slice(work, len(x), 3 * x[0].nbytes)  # x, y and mask
     return y, mask
 
 
@@ -641,7 +725,7 @@ def relu_backward(dy, mask):
     def work(part):
         np.multiply(dy[part], mask[part], out=dx[part])
 
-    for_each_slice(work, len(dy), dy[0].nbytes)
+    for_each_slice(work, len(dy), 3 * dy[0].nbytes)  # dy, mask and dx
     return dx
 
 

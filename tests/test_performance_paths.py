@@ -286,6 +286,22 @@ def test_sliced_and_threaded_kernels_agree_with_the_loops(sliced, make):
     fast_and_reference(make(), separated(np.random.default_rng(0), (5, 3, 7, 8)))
 
 
+def test_linear_with_its_products_shared_out_agrees_with_the_loops(sliced):
+    """Linear's matrix products share their columns out between the threads (F.matmul)."""
+    fast_and_reference(Linear(9, 7, rng=0, dtype=F64), np.random.default_rng(0).standard_normal((5, 9)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, F64])
+def test_matmul_is_the_matrix_product(sliced, dtype):
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((6, 40)).astype(dtype), rng.standard_normal((7, 40)).astype(dtype)
+    for left, right in ((a, b.T), (a.T[:9].T.copy(), b.T[:9]), (b, a.T), (a[:1], b.T[:, :1])):
+        got = F.matmul(left, right)  # transposed and column-sliced views included
+        assert got.dtype == dtype and got.shape == (left.shape[0], right.shape[1])
+        tol = 1e-5 if dtype == np.float32 else 1e-13  # sums of 40 products of size ~1
+        np.testing.assert_allclose(got, left @ right, rtol=tol, atol=tol)
+
+
 def test_one_channel_conv_sliced(sliced):
     """One input channel (a first layer): im2col copies tap by tap."""
     fast_and_reference(Conv2d(1, 5, 3, padding=1, rng=2, dtype=F64),
@@ -392,6 +408,63 @@ def test_with_one_cnn_lib_thread_blas_keeps_its_threads(monkeypatch):
         model.backward(np.ones((5, 2)) * model.forward(np.ones((5, 3))))
         F.for_each_slice(lambda part: seen.append(blas_threads()), 4, F.CHUNK_BYTES)
         assert seen == [before] * 6  # one cnn_lib thread: BLAS may use every core itself
+
+
+def test_work_that_hands_out_work_itself_runs_its_share_in_place(monkeypatch):
+    """A for_each_slice inside another (the helper threads are busy): no deadlock."""
+    monkeypatch.setattr(F, "NUM_THREADS", 2)
+    seen = []
+
+    def inner(part):
+        seen.append(part.start)
+
+    F.for_each_slice(lambda part: F.for_each_slice(inner, 4, F.CHUNK_BYTES), 2, F.CHUNK_BYTES)
+    assert sorted(seen) == [0, 0, 1, 1, 2, 2, 3, 3]
+
+
+def test_two_program_threads_can_use_the_kernels_at_once(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(F, "NUM_THREADS", 2)
+    monkeypatch.setattr(F, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((30, 50)), rng.standard_normal((50, 40))
+    results, errors = [], []
+
+    def use():
+        try:
+            for _ in range(50):
+                results.append(np.array_equal(F.matmul(a, b), F.matmul(a, b)))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=use) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 150 and all(results)
+    np.testing.assert_allclose(F.matmul(a, b), a @ b, rtol=1e-13)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_forked_process_starts_helper_threads_of_its_own(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(F, "NUM_THREADS", 2)
+    F.for_each_slice(lambda part: None, 4, F.CHUNK_BYTES)  # the parent's helpers are running
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:  # would hang waiting for the parent's threads, which a child lacks
+        got = pool.apply_async(_threaded_sum_in_child).get(timeout=60)
+    assert got == sum(range(8))
+
+
+def _threaded_sum_in_child():
+    F.NUM_THREADS = 2
+    seen = []
+    F.for_each_slice(lambda part: seen.extend(range(8)[part]), 8, F.CHUNK_BYTES)
+    return sum(seen)
 
 
 def test_an_error_in_one_thread_waits_for_the_others(monkeypatch):
