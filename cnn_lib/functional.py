@@ -86,6 +86,11 @@ def _window(i: int, j: int, stride, out_hw):
 #: benchmarks/ 10-20% faster than 2 MiB. Measure before changing it.
 CHUNK_BYTES = 16 << 20
 
+#: Matrix products with fewer multiply-adds than this run on one thread (:func:`matmul`): a
+#: product's time goes with its arithmetic, not with its bytes. 4 million is about 0.1 ms on
+#: one core here, twice what handing work to another thread costs.
+PARALLEL_MIN_MULTIPLY_ADDS = 4 << 20
+
 #: Work that touches fewer bytes than this is not worth handing to other threads: waking a
 #: thread and moving the data it made to the core that reads it next cost more than the
 #: work. Measured on the course's 2-core machines: the tutorial net's convolution at batch 32
@@ -213,18 +218,21 @@ def single_threaded_blas():
             lib.set_num_threads(threads)
 
 
-def for_each_slice(work, n: int, bytes_per_item: int) -> None:
+def for_each_slice(work, n: int, bytes_per_item: int, parallel: bool | None = None) -> None:
     """Call ``work(part)`` for every ``part`` of ``batch_slices(n, bytes_per_item)``, spread
     over ``NUM_THREADS`` threads; return when all are done.
 
     NumPy releases Python's GIL while its loops and matrix products run, so threads that each
     call NumPy on their own part of the batch really do run at the same time, one per core.
-    ``work`` must write only to its own part of the outputs. With one thread, for inputs
-    under ``PARALLEL_MIN_BYTES``, or while another call is using the helper threads (another
-    thread of the program, or ``work`` itself calling for_each_slice), everything runs right
-    here, in order. An error in any thread reaches the caller once every thread has stopped.
+    ``work`` must write only to its own part of the outputs. With one thread, for work that
+    touches under ``PARALLEL_MIN_BYTES`` (unless ``parallel`` says otherwise), or while
+    another call is using the helper threads (another thread of the program, or ``work``
+    itself calling for_each_slice), everything runs right here, in order. An error in any
+    thread reaches the caller once every thread has stopped.
     """
-    threads = NUM_THREADS if n * bytes_per_item >= PARALLEL_MIN_BYTES else 1
+    if parallel is None:
+        parallel = n * bytes_per_item >= PARALLEL_MIN_BYTES
+    threads = NUM_THREADS if parallel else 1
     parts = batch_slices(n, bytes_per_item, threads)
     threads = min(threads, len(parts))
 
@@ -640,8 +648,9 @@ def matmul(a, b):
     def work(part):
         np.matmul(a, b[:, part], out=out[:, part])
 
-    # per column of the result: a column of b and one of the result, plus a share of a
-    for_each_slice(work, b.shape[1], (a.size // b.shape[1] + b.shape[0] + a.shape[0]) * out.itemsize)
+    # per column of the result: a column of b and one of the result
+    for_each_slice(work, b.shape[1], (b.shape[0] + a.shape[0]) * out.itemsize,
+                   parallel=a.size * b.shape[1] >= PARALLEL_MIN_MULTIPLY_ADDS)
     return out
 
 

@@ -252,6 +252,7 @@ def sliced(request, monkeypatch):
     threads, _ = request.param
     monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # every image its own slice
     monkeypatch.setattr(F, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "PARALLEL_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(F, "NUM_THREADS", threads)
     return threads
 
@@ -426,7 +427,7 @@ def test_two_program_threads_can_use_the_kernels_at_once(monkeypatch):
     import threading
 
     monkeypatch.setattr(F, "NUM_THREADS", 2)
-    monkeypatch.setattr(F, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(F, "PARALLEL_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(F, "CHUNK_BYTES", 1)
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((30, 50)), rng.standard_normal((50, 40))
