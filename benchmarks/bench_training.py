@@ -601,10 +601,10 @@ def _layer_report(layers, results):
              "Each layer on its own, at the shape it has in the net: forward + backward, in "
              "milliseconds (median over rounds; each round's value is a median over calls). "
              "conv1 skips dL/dx on both sides; `loss` is softmax cross-entropy, `sgd` the optimizer "
-             "step over all parameters. In a training step `Sequential` runs conv1 with relu1 and "
-             "conv2 with relu2 fused (one pass each); here each layer runs alone. The sum is not the "
-             "step time of the table above: there the layers also pass their outputs through the CPU "
-             "caches to one another, and the memory each array needs is fresh.", ""]
+             "step over all parameters. In a training step `Sequential` runs conv1, relu1 and pool1 "
+             "as one pass, and conv2, relu2 and pool2 as another; here each layer runs alone. The "
+             "sum is not the step time of the table above: there the layers also pass their outputs "
+             "through the CPU caches to one another, and the memory each array needs is fresh.", ""]
     batches = sorted({k[1] for k in layers})
     head, sep = "| layer |", "|---|"
     for b in batches:

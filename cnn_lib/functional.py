@@ -26,11 +26,12 @@ work. Lesson 09 walks through the tricks:
   as PyTorch's threads do. Meanwhile NumPy's BLAS is kept to one thread per matrix product
   (:func:`single_threaded_blas`), so that the two never fight over the cores; a dense layer's
   products share their columns out between the threads instead (:func:`matmul`).
-* **A ReLU right after a convolution runs inside it** (:func:`conv2d_relu_forward`, and
-  ``relu_mask`` in :func:`conv2d_backward`): each slice of the batch goes through the ReLU
-  while the convolution's output for that slice is still in the CPU cache, instead of in a
-  second pass over the whole batch from main memory. :class:`cnn_lib.Sequential` does this
-  by itself; the layers, their results and their caches are the same as unfused.
+* **A ReLU and a max pooling right after a convolution run inside it**
+  (:func:`conv2d_block_forward`, and ``relu_mask``/``pool_cache`` in :func:`conv2d_backward`):
+  each slice of the batch goes through them while the convolution's output for that slice is
+  still in the CPU cache, instead of in further passes over the whole batch from main memory.
+  :class:`cnn_lib.Sequential` does this by itself; the layers, their results and their
+  caches are the same as unfused.
 * **Only what is needed.** The first layer of a network does not need dL/dx (nobody trains
   the images), so :func:`conv2d_backward` can skip it (``need_input_grad=False``). Caches keep
   the smallest thing backward needs: a convolution keeps its input, not ``cols`` (kH*kW times
@@ -383,70 +384,84 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     slice by slice (cheaper than keeping a kH*kW times larger array and reading it back from
     main memory).
     """
-    return _conv2d_forward(x, weight, bias, stride, padding, relu=False)[:2]
+    return conv2d_block_forward(x, weight, bias, stride, padding)[:2]
 
 
-def conv2d_relu_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
-    """A convolution followed by a ReLU, in one pass over the batch.
+def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=False, pool=None):
+    """A convolution, then (if ``relu``) a ReLU, then (if ``pool`` = (kernel, stride)) a max
+    pooling, in one pass over the batch.
 
-    returns: y = relu(conv(x)), the cache of :func:`conv2d_forward` and the cache of
-             :func:`relu_forward` (its 0/1 mask): the same three arrays, bit for bit, as
-             ``relu_forward(conv2d_forward(...)[0])``.
+    returns: the block's output, the cache of :func:`conv2d_forward`, the cache of
+             :func:`relu_forward` (its 0/1 mask, or None) and the cache of
+             :func:`maxpool2d_forward` (or None): the same arrays, bit for bit, as the three
+             functions one after the other.
 
-    Fused: each slice of the batch goes through the ReLU right after its matrix product,
-    while its output is still in the CPU cache, and the ReLU needs no pass over main memory
-    and no hand-over to the threads of its own. :class:`cnn_lib.Sequential` uses it for every
-    Conv2d that a ReLU follows (as PyTorch's oneDNN backend does).
+    Fused: each slice of the batch goes through the ReLU and the pooling right after its
+    matrix product, while the convolution's output is still in the CPU cache. The ReLU and
+    the pooling need no pass over main memory and no hand-over to the threads of their own,
+    and when a pooling follows, the convolution's output for the whole batch is never stored
+    at all (only the caches backward needs). :class:`cnn_lib.Sequential` uses it for every
+    Conv2d that a ReLU or a MaxPool2d follows (PyTorch's oneDNN backend fuses the same way).
     """
-    return _conv2d_forward(x, weight, bias, stride, padding, relu=True)
-
-
-def _conv2d_forward(x, weight, bias, stride, padding, relu):
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ph, pw = padding
     ho, wo = output_size(h, kh, stride[0], ph), output_size(w, kw, stride[1], pw)
     k = kh * kw * c_in  # numbers in one receptive field
     wmat = _weight_matrix(weight)
-    y = np.empty((n, ho, wo, c_out), dtype=x.dtype)  # rows are pixels, channels last
     # The bias, once per pixel of an output image row: added to whole rows at a time, NumPy's
     # loop runs over W_out*C_out numbers per row instead of C_out (a few times faster)
     bias_row = None if bias is None else np.tile(bias, wo)
+    conv_shape = (n, ho, wo, c_out)  # rows are pixels, channels last
+    mask = np.empty(conv_shape, dtype=x.dtype) if relu else None
+    if pool is None:
+        y = np.empty(conv_shape, dtype=x.dtype)
+    else:
+        pool_kernel, pool_stride = pool
+        pho, pwo = _pool_geometry((n, c_out, ho, wo), pool_kernel, pool_stride)
+        y = np.empty((n, pho, pwo, c_out), dtype=x.dtype)
+        wins = np.empty((pool_kernel[0] * pool_kernel[1], n, pho, pwo, c_out), dtype=bool)
 
     def work(part):
         cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride)
-        y_part = y[part].reshape(-1, c_out)  # a view into y
-        np.matmul(cols, wmat, out=y_part)
+        # the convolution's output: straight into y, or (a pooling follows) a scratch array
+        out = y[part] if pool is None else np.empty((len(cols) // (ho * wo), ho, wo, c_out), x.dtype)
+        np.matmul(cols, wmat, out=out.reshape(-1, c_out))
         if bias is not None:
-            y[part].reshape(-1, wo * c_out)[...] += bias_row
+            out.reshape(-1, wo * c_out)[...] += bias_row
         if relu:  # the steps of relu_forward, on this slice
-            np.greater(y[part], 0, out=mask[part])
-            np.multiply(y[part], mask[part], out=y[part])
+            np.greater(out, 0, out=mask[part])
+            np.multiply(out, mask[part], out=out)
+        if pool is not None:  # the steps of maxpool2d_forward, on this slice
+            _maxpool_slice(out, y[part], wins[:, part], pool_kernel, pool_stride)
 
-    mask = np.empty_like(y) if relu else None
-    outputs = 2 if relu else 1  # y, and the mask of a fused ReLU
+    outputs = 2 if relu else 1  # the convolution's output, and the mask of a fused ReLU
     # bytes per image: its cols, its outputs and its input
     for_each_slice(work, n, (ho * wo * (k + outputs * c_out) + h * w * c_in) * x.itemsize)
-    return _nchw(y), (x, weight, bias is not None, stride, padding), (_nchw(mask) if relu else None)
+    return (_nchw(y), (x, weight, bias is not None, stride, padding),
+            (_nchw(mask) if relu else None),
+            (None if pool is None else ((n, c_out, ho, wo), wins, pool_kernel, pool_stride)))
 
 
-def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None):
+def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=None):
     """Gradients of a convolution.
 
     dy:      (N, C_out, H_out, W_out) upstream gradient dL/dy
     returns: dx (N, C_in, H, W), dweight (C_out, C_in, kH, kW), dbias (C_out,) or None.
              With ``need_input_grad=False``, dx is None and not computed (a network's first
              layer: the images need no gradient).
-    relu_mask: the cache of a ReLU that followed this convolution (:func:`conv2d_relu_forward`);
-             dy is then the gradient at the ReLU's output, and each slice of it is multiplied
-             by the mask first: ReLU's backward fused in, with the results of
-             ``conv2d_backward(relu_backward(dy, relu_mask), cache)`` (up to rounding).
+    relu_mask, pool_cache: the caches of a ReLU and/or a max pooling that followed this
+             convolution (:func:`conv2d_block_forward`). dy is then the gradient at the
+             block's output, and each slice of it first goes back through the pooling and
+             the ReLU: their backward passes fused in, with the results of
+             ``conv2d_backward(relu_backward(maxpool2d_backward(dy, pool_cache), relu_mask),
+             cache)`` (up to rounding).
     """
     x, weight, has_bias, stride, padding = cache
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
     ph, pw = padding
-    ho, wo = dy.shape[2:]
+    ho, wo = output_size(h, kh, stride[0], ph), output_size(w, kw, stride[1], pw)
     k = kh * kw * c_in
     dyh = _nhwc(dy)
     maskh = None if relu_mask is None else _nhwc(relu_mask)
@@ -455,10 +470,15 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None):
     partial = {}  # slice start -> that slice's share of (dW, db), summed in order below
 
     def work(part):
-        if maskh is None:
-            dy_mat = dyh[part].reshape(-1, c_out)  # free when dy is channels-last
-        else:  # relu_backward of this slice, then its rows
-            dy_mat = np.multiply(dyh[part], maskh[part]).reshape(-1, c_out)
+        g = dyh[part]  # this slice's upstream gradient, taken back to the convolution's output
+        if pool_cache is not None:  # maxpool2d_backward of this slice
+            pool_shape, wins, pool_kernel, pool_stride = pool_cache
+            g_pool, g = g, _pool_dx((len(g), *pool_shape[1:]), pool_kernel, pool_stride,
+                                    g.shape[1:3], g.dtype)
+            _maxpool_backward_slice(g_pool, wins[:, part], g, pool_kernel, pool_stride)
+        if maskh is not None:  # relu_backward of this slice
+            g = np.multiply(g, maskh[part], out=g if pool_cache is not None else None)
+        dy_mat = g.reshape(-1, c_out)  # free when g is channels-last
         # dW = sum over every output position of (receptive field) x (its upstream gradient)
         cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride)
         dwmat = cols.T @ dy_mat
@@ -474,7 +494,7 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None):
             add_tap_products(dy_mat, wtaps, dxp, stride)
             dxh[part] = dxp[:, ph : ph + h, pw : pw + w, :]
 
-    upstream = 1 if maskh is None else 2  # dy, and the mask of a fused ReLU
+    upstream = 1 if maskh is None else 2  # the gradient, and the mask of a fused ReLU
     # bytes per image: its cols, its upstream arrays, its input and its dx
     for_each_slice(work, n, (ho * wo * (k + upstream * c_out) + 2 * h * w * c_in) * dy.itemsize)
     shares = [partial[start] for start in sorted(partial)]  # a fixed order: same sums every run
@@ -556,54 +576,62 @@ def maxpool2d_forward(x, kernel, stride):
     """
     n, c = x.shape[:2]
     ho, wo = _pool_geometry(x.shape, kernel, stride)
-    windows = [_window(i, j, stride, (ho, wo)) for i, j in _taps(*kernel)]
     xh = _nhwc(x)
     y = np.empty((n, ho, wo, c), dtype=x.dtype)
-    wins = np.empty((len(windows), n, ho, wo, c), dtype=bool)  # wins[t]: tap t gets the gradient
+    wins = np.empty((kernel[0] * kernel[1], n, ho, wo, c), dtype=bool)  # wins[t]: tap t gets the gradient
 
     def work(part):
-        # Copy each tap's strided sub-grid into a contiguous slab, once (a strided pass moves
-        # only C numbers at a time); everything after that runs on contiguous slabs.
-        ys = y[part]
-        slabs = np.empty((len(windows), *ys.shape), dtype=x.dtype)
-        for t, window in enumerate(windows):
-            slabs[t] = xh[part][window]
-        np.copyto(ys, slabs[0])
-        for slab in slabs[1:]:
-            np.maximum(ys, slab, out=ys)  # the max over the kH*kW sub-grids
-        taken = None
-        for t, slab in enumerate(slabs):
-            hit = np.equal(slab, ys, out=wins[t, part])
-            if taken is None:
-                taken = hit.copy()
-            else:
-                hit &= ~taken  # an earlier tap already equals the max: it wins the tie
-                taken |= hit
+        _maxpool_slice(xh[part], y[part], wins[:, part], kernel, stride)
 
     for_each_slice(work, n, x[0].nbytes + y[0].nbytes + wins[:, 0].nbytes)  # bytes per image
     return _nchw(y), (x.shape, wins, kernel, stride)
 
 
+def _maxpool_slice(xh, y, wins, kernel, stride):
+    """Max-pool some images: xh (n, H, W, C) channels-last in; fills y (n, H_out, W_out, C)
+    and wins (kH*kW, n, H_out, W_out, C)."""
+    windows = [_window(i, j, stride, y.shape[1:3]) for i, j in _taps(*kernel)]
+    # Copy each tap's strided sub-grid into a contiguous slab, once (a strided pass moves only
+    # C numbers at a time); everything after that runs on contiguous slabs.
+    slabs = np.empty((len(windows), *y.shape), dtype=y.dtype)
+    for t, window in enumerate(windows):
+        slabs[t] = xh[window]
+    np.copyto(y, slabs[0])
+    for slab in slabs[1:]:
+        np.maximum(y, slab, out=y)  # the max over the kH*kW sub-grids
+    taken = None
+    for t, slab in enumerate(slabs):
+        hit = np.equal(slab, y, out=wins[t])
+        if taken is None:
+            taken = hit.copy()
+        else:
+            hit &= ~taken  # an earlier tap already equals the max: it wins the tie
+            taken |= hit
+
+
 def maxpool2d_backward(dy, cache):
     """dy: (N, C, H_out, W_out) -> dx (N, C, H, W); each window's gradient goes to its winner."""
     x_shape, wins, kernel, stride = cache
-    (kh, kw), (sh, sw) = kernel, stride
-    ho, wo = dy.shape[2:]
     dyh = _nhwc(dy)
-    dxh = _pool_dx(x_shape, kernel, stride, (ho, wo), dy.dtype)
-    overlap = sh < kh or sw < kw
+    dxh = _pool_dx(x_shape, kernel, stride, dy.shape[2:], dy.dtype)
 
     def work(part):
-        dxs = dxh[part]
-        for t, (i, j) in enumerate(_taps(kh, kw)):
-            window = _window(i, j, stride, (ho, wo))
-            if overlap:  # windows share inputs: add
-                dxs[window] += dyh[part] * wins[t, part]
-            else:  # each input in at most one window: write
-                np.multiply(dyh[part], wins[t, part], out=dxs[window])
+        _maxpool_backward_slice(dyh[part], wins[:, part], dxh[part], kernel, stride)
 
     for_each_slice(work, x_shape[0], dxh[0].nbytes + dyh[0].nbytes + wins[:, 0].nbytes)
     return _nchw(dxh)
+
+
+def _maxpool_backward_slice(dyh, wins, dxh, kernel, stride):
+    """Send some images' dy (n, H_out, W_out, C) to the winners: into dxh (n, H, W, C)."""
+    (kh, kw), (sh, sw) = kernel, stride
+    overlap = sh < kh or sw < kw
+    for t, (i, j) in enumerate(_taps(kh, kw)):
+        window = _window(i, j, stride, dyh.shape[1:3])
+        if overlap:  # windows share inputs: add
+            dxh[window] += dyh * wins[t]
+        else:  # each input in at most one window: write
+            np.multiply(dyh, wins[t], out=dxh[window])
 
 
 def avgpool2d_forward(x, kernel, stride):

@@ -210,38 +210,69 @@ class Conv2d(Layer):
         self._store(weight=dweight, bias=dbias)
         return dx if need_input_grad else None
 
-    # Fused with the ReLU that follows (Sequential does this for the fast kernels): the same
-    # results (backward: up to rounding) and the same caches in both layers as
-    # ``relu.forward(self.forward(x))`` and ``self.backward(relu.backward(dy))``, in one pass
-    # over the batch instead of two.
+    # Fused with the ReLU and/or the MaxPool2d that follow (Sequential does this for the fast
+    # kernels): the same results (backward: up to rounding) and the same caches in every layer
+    # as ``pool.forward(relu.forward(self.forward(x)))`` and the backward passes one after
+    # the other, in one pass over the batch instead of two or three.
 
-    def forward_with_relu(self, x, relu: ReLU):
-        """``relu.forward(self.forward(x))`` in one pass (fast kernels only). The ReLU does not
-        check its input for NaN or inf on its own here: the next layer checks it."""
+    def forward_fused(self, x, relu: ReLU | None = None, pool: MaxPool2d | None = None):
+        """``pool.forward(relu.forward(self.forward(x)))`` in one pass, with ``relu`` or
+        ``pool`` None to leave that layer out (fast kernels only: see :meth:`fusable`).
+        Neither checks its input for NaN or inf on its own here: the next layer checks the
+        block's output."""
         self._check_input(x)
-        y, cache, mask = F.conv2d_relu_forward(x, self._cast("weight", x), self._cast("bias", x),
-                                               self.stride, self.padding)
-        self._cache = (F, cache, y.shape)
-        relu._cache = (F, mask, y.shape)  # exactly what relu.forward would have kept
+        conv_shape = self.output_shape(x.shape)
+        if pool is not None:
+            pool._check_window(conv_shape)
+        y, cache, mask, pool_cache = F.conv2d_block_forward(
+            x, self._cast("weight", x), self._cast("bias", x), self.stride, self.padding,
+            relu=relu is not None, pool=None if pool is None else (pool.kernel_size, pool.stride))
+        # each layer keeps exactly what its own forward would have kept
+        self._cache = (F, cache, conv_shape)
+        if relu is not None:
+            relu._cache = (F, mask, conv_shape)
+        if pool is not None:
+            pool._cache = (F, pool_cache, y.shape)
         return y
 
-    def backward_with_relu(self, dy, relu: ReLU, need_input_grad=True):
-        """``self.backward(relu.backward(dy), need_input_grad)`` in one pass. Both layers'
-        forward passes must have run with the fast kernels (see :meth:`can_fuse_backward`)."""
-        _, mask = relu._start_backward(dy)
-        _, cache = self._start_backward(dy)
-        dx, dweight, dbias = F.conv2d_backward(dy, cache, need_input_grad, relu_mask=mask)
+    def backward_fused(self, dy, relu: ReLU | None = None, pool: MaxPool2d | None = None,
+                       need_input_grad=True):
+        """The backward passes of ``pool``, ``relu`` and this layer in one pass (either of the
+        first two may be None); ``need_input_grad`` as in :meth:`backward`. Every forward
+        pass must have run with the fast kernels (see :meth:`fusable_backward`)."""
+        top = pool if pool is not None else relu
+        _checks.forward_called(self._cache, self.name)
+        if relu is not None:
+            _checks.forward_called(relu._cache, relu.name)
+        _, top_cache = top._start_backward(dy)  # checks dy against the block's output
+        dx, dweight, dbias = F.conv2d_backward(
+            dy, self._cache[1], need_input_grad,
+            relu_mask=None if relu is None else relu._cache[1],
+            pool_cache=None if pool is None else top_cache)
         self._store(weight=dweight, bias=dbias)
         return dx if need_input_grad else None
 
-    def can_fuse_forward(self, relu) -> bool:
-        """Is ``relu`` a ReLU, and do both layers run on the fast kernels?"""
-        return type(relu) is ReLU and self.impl == "fast" and relu.impl == "fast"
+    def fusable(self, after) -> tuple[ReLU | None, MaxPool2d | None] | None:
+        """Which of the layers ``after`` this one can run fused with it (:meth:`forward_fused`):
+        ``(relu, pool)`` for a ReLU and/or a MaxPool2d that come next, in that order (either
+        may be None), or None when none can. Every layer involved must run the fast kernels."""
+        if self.impl != "fast":
+            return None
+        after = list(after)[:2]
+        relu = pool = None
+        if after and type(after[0]) is ReLU:
+            if after[0].impl != "fast":
+                return None
+            relu = after.pop(0)
+        if after and type(after[0]) is MaxPool2d and after[0].impl == "fast":
+            pool = after[0]
+        return None if relu is None and pool is None else (relu, pool)
 
-    def can_fuse_backward(self, relu) -> bool:
-        """Were both caches made by the fast kernels (the reference ReLU keeps x, not a mask)?"""
-        return (type(relu) is ReLU and self._cache is not None and self._cache[0] is F
-                and relu._cache is not None and relu._cache[0] is F)
+    def fusable_backward(self, relu: ReLU | None, pool: MaxPool2d | None) -> bool:
+        """Were the caches of this layer and of ``relu`` and ``pool`` (either may be None) all
+        made by the fast kernels (the reference ReLU keeps x, not a mask)?"""
+        return all(layer is None or (layer._cache is not None and layer._cache[0] is F)
+                   for layer in (self, relu, pool))
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
@@ -309,12 +340,15 @@ class _Pool2d(Layer):
         self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
         self.stride = self.kernel_size if stride is None else _checks.pair(stride, "stride", minimum=1)
 
+    def _check_window(self, x_shape):
+        kh, kw = self.kernel_size
+        if kh > x_shape[2] or kw > x_shape[3]:
+            raise ValueError(f"{self.name}: window {kh}x{kw} is larger than the input "
+                             f"{x_shape[2]}x{x_shape[3]}")
+
     def forward(self, x):
         _checks.float_array(x, "x", self.name, ndim=4, layout="(N, C, H, W)")
-        kh, kw = self.kernel_size
-        if kh > x.shape[2] or kw > x.shape[3]:
-            raise ValueError(f"{self.name}: window {kh}x{kw} is larger than the input "
-                             f"{x.shape[2]}x{x.shape[3]}")
+        self._check_window(x.shape)
         y, cache = getattr(self._k, f"{self.op}_forward")(x, self.kernel_size, self.stride)
         self._cache = (self._k, cache, y.shape)
         return y

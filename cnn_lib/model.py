@@ -7,7 +7,7 @@ import os
 import numpy as np
 
 from . import functional as F
-from .layers import Conv2d, Layer, Parameter
+from .layers import Conv2d, Layer, MaxPool2d, Parameter, ReLU
 
 
 def _has_params(layer) -> bool:
@@ -57,22 +57,19 @@ class Sequential(Layer):
         for layer in getattr(self, "layers", []):
             layer.impl = value
 
-    def _fuses_forward(self, i) -> bool:
-        """Run layers i and i+1 as one: a Conv2d and the ReLU after it, both on the fast
-        kernels (see Conv2d.forward_with_relu: same results, one pass over memory)."""
-        layer = self.layers[i]
-        return (i + 1 < len(self.layers) and type(layer) is Conv2d
-                and layer.can_fuse_forward(self.layers[i + 1]))
-
     def forward(self, x):
         with F.single_threaded_blas():  # cnn_lib's threads do the parallel work
             i = 0
             while i < len(self.layers):
-                if self._fuses_forward(i):
-                    x = self.layers[i].forward_with_relu(x, self.layers[i + 1])
-                    i += 2
+                layer = self.layers[i]
+                # a Conv2d and the ReLU and/or MaxPool2d after it, on the fast kernels, run as
+                # one pass (Conv2d.forward_fused: same results and caches, one trip to memory)
+                block = layer.fusable(self.layers[i + 1 : i + 3]) if type(layer) is Conv2d else None
+                if block is not None:
+                    x = layer.forward_fused(x, *block)
+                    i += 1 + sum(part is not None for part in block)
                 else:
-                    x = self.layers[i].forward(x)
+                    x = layer.forward(x)
                     i += 1
         return x
 
@@ -94,14 +91,17 @@ class Sequential(Layer):
         i = len(self.layers) - 1
         while i >= stop:
             layer = self.layers[i]
-            below = self.layers[i - 1] if i - 1 >= stop else None
-            if type(below) is Conv2d and below.can_fuse_backward(layer):
-                # a ReLU and the Conv2d under it, in one pass (Conv2d.backward_with_relu)
-                wanted = need_input_grad or i - 1 > stop
-                dx = below.backward_with_relu(dy, layer, need_input_grad=wanted)
+            block = self._fused_block_below(i, stop)
+            if block is not None:
+                # a MaxPool2d and/or ReLU and the Conv2d under them, in one pass
+                # (Conv2d.backward_fused)
+                conv, relu, pool = block
+                j = i - (relu is not None) - (pool is not None)  # the Conv2d's index
+                wanted = need_input_grad or j > stop
+                dx = conv.backward_fused(dy, relu, pool, need_input_grad=wanted)
                 if not wanted:
                     return None
-                dy, i = dx, i - 2
+                dy, i = dx, j - 1
                 continue
             if i == stop and not need_input_grad:
                 if getattr(layer, "can_skip_input_grad", False):
@@ -115,6 +115,23 @@ class Sequential(Layer):
                                 f"{type(dx).__name__}, expected dL/dx as an array")
             dy, i = dx, i - 1
         return dy if need_input_grad else None
+
+    def _fused_block_below(self, i, stop):
+        """(conv, relu, pool) when layer i is the top of a block that backward can run in one
+        pass: [Conv2d, ReLU, MaxPool2d], [Conv2d, MaxPool2d] or [Conv2d, ReLU], whose caches
+        the fast kernels made; else None."""
+        for relu_at, pool_at in ((i - 1, i), (None, i), (i, None)):
+            bottom = min(at for at in (relu_at, pool_at) if at is not None) - 1
+            if bottom < stop:
+                continue
+            conv = self.layers[bottom]
+            relu = None if relu_at is None else self.layers[relu_at]
+            pool = None if pool_at is None else self.layers[pool_at]
+            if (type(conv) is Conv2d and (relu is None or type(relu) is ReLU)
+                    and (pool is None or type(pool) is MaxPool2d)
+                    and conv.fusable_backward(relu, pool)):
+                return conv, relu, pool
+        return None
 
     def parameters(self):
         return [Parameter(layer, key, f"{i}.{key}")

@@ -121,7 +121,7 @@ def test_a_network_without_parameters_has_nothing_to_do():
     assert model.backward(np.ones(y.shape), need_input_grad=False) is None
 
 
-# ----------------------------------------------------------------------------- conv + ReLU fused
+# ----------------------------------------------------------------------------- conv blocks fused
 
 
 def unfused_copy(model):
@@ -144,28 +144,48 @@ def unfused_copy(model):
     return LayerByLayer(model.layers)
 
 
+def caches(model):
+    """What every layer keeps for backward (the arrays in it)."""
+    out = []
+    for layer in model:
+        cache = layer._cache[1] if layer._cache is not None else None
+        items = cache if isinstance(cache, tuple) else (cache,)
+        out.append([item.copy() for item in items if isinstance(item, np.ndarray)])
+    return out
+
+
+BLOCKS = {  # the layers after a Conv2d that run fused with it
+    "relu": lambda: [ReLU()],
+    "pool": lambda: [MaxPool2d(2)],
+    "relu pool": lambda: [ReLU(), MaxPool2d(2)],
+    "relu pool overlapping": lambda: [ReLU(), MaxPool2d(3, stride=2)],
+    "relu pool gaps": lambda: [ReLU(), MaxPool2d(2, stride=3)],
+}
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, F64])
 @pytest.mark.parametrize("conv", [dict(c_in=1, k=3, stride=1, padding=1),
                                   dict(c_in=5, k=3, stride=2, padding=0),
                                   dict(c_in=4, k=(2, 3), stride=(1, 2), padding=(1, 0))],
                          ids=["few channels", "stride 2", "rectangular"])
-def test_fused_conv_relu_gives_what_the_two_layers_give(monkeypatch, threads, dtype, conv):
+@pytest.mark.parametrize("block", list(BLOCKS))
+def test_a_fused_conv_block_gives_what_its_layers_give(monkeypatch, threads, dtype, conv, block):
     monkeypatch.setattr(F, "NUM_THREADS", threads)
     monkeypatch.setattr(F, "PARALLEL_MIN_BYTES", 0)
     monkeypatch.setattr(F, "CHUNK_BYTES", 2048)  # several slices
     calls = []
-    for name in ("conv2d_relu_forward",):
-        real = getattr(F, name)
-        monkeypatch.setattr(F, name, lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    real = F.conv2d_block_forward
+    monkeypatch.setattr(F, "conv2d_block_forward", lambda *a, **k: calls.append(k) or real(*a, **k))
     model = Sequential(Conv2d(conv["c_in"], 6, conv["k"], stride=conv["stride"], padding=conv["padding"],
-                              rng=0, dtype=dtype), ReLU(), Flatten())
-    x = np.random.default_rng(0).standard_normal((5, conv["c_in"], 9, 8)).astype(dtype)
+                              rng=0, dtype=dtype), *BLOCKS[block](), Flatten())
+    x = separated(np.random.default_rng(0), (5, conv["c_in"], 13, 12)).astype(dtype)
     x[0, :, :2] = 0  # zero inputs: outputs equal to the bias, exactly 0 when the bias is
     model[0].params["bias"][:2] = 0
     y = model.forward(x)
-    assert calls, "Sequential did not use the fused kernel"
-    mask = model[1]._cache[1].copy()
+    assert calls == [dict(relu="relu" in block, pool=(model[-2].kernel_size, model[-2].stride)
+                          if "pool" in block else None)], "Sequential did not fuse the block"
+    kept = caches(model)
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
     dx = model.backward(dy)
     grads = {k: v.copy() for k, v in model.grads.items()}
@@ -174,7 +194,9 @@ def test_fused_conv_relu_gives_what_the_two_layers_give(monkeypatch, threads, dt
     plain = unfused_copy(model)
     y_plain = plain.forward(x)
     np.testing.assert_array_equal(y, y_plain)  # forward: the very same operations
-    np.testing.assert_array_equal(mask, model[1]._cache[1])  # the ReLU keeps what it always keeps
+    for fused_cache, plain_cache in zip(kept, caches(model)):  # every layer keeps what it always keeps
+        for a, b in zip(fused_cache, plain_cache, strict=True):
+            np.testing.assert_array_equal(a, b)
     # backward: the same operations on the same numbers, but a matrix product may round
     # differently when its input lies elsewhere in memory (OpenBLAS), so: up to rounding
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
@@ -182,7 +204,7 @@ def test_fused_conv_relu_gives_what_the_two_layers_give(monkeypatch, threads, dt
     for k, v in model.grads.items():
         np.testing.assert_allclose(grads[k], v, err_msg=k, **tol)
     assert y.dtype == dx.dtype == dtype
-    # need_input_grad=False with the fused pair at the bottom: same weight gradients, no dx
+    # need_input_grad=False with the fused block at the bottom: same weight gradients, no dx
     y2 = model.forward(x)
     assert model.backward(np.random.default_rng(1).standard_normal(y2.shape).astype(dtype),
                           need_input_grad=False) is None
@@ -190,57 +212,97 @@ def test_fused_conv_relu_gives_what_the_two_layers_give(monkeypatch, threads, dt
         np.testing.assert_allclose(model.grads[k], grads_skip[k], err_msg=k, **tol)
 
 
+def test_blocks_are_found_all_through_a_network(monkeypatch):
+    """The LeNet-style stack: two fused blocks forward, two backward, the same numbers."""
+    calls = []
+    real = F.conv2d_backward
+    monkeypatch.setattr(F, "conv2d_backward",
+                        lambda *a, **k: calls.append((k.get("relu_mask") is not None,
+                                                      k.get("pool_cache") is not None)) or real(*a, **k))
+    model = small_net()
+    x = np.random.default_rng(0).standard_normal((3, 1, 10, 10))
+    dy = np.random.default_rng(1).standard_normal(model.forward(x).shape)
+    dx = model.backward(dy)
+    assert calls == [(True, False), (True, True)]  # conv-ReLU on top, conv-ReLU-pool below
+    np.testing.assert_allclose(dx, unfused_copy(model).backward(dy), rtol=1e-12, atol=1e-13)
+
+
 def test_after_a_fused_forward_each_layer_can_go_back_on_its_own():
-    conv, relu = Conv2d(2, 3, 3, padding=1, rng=0, dtype=F64), ReLU()
-    model = Sequential(conv, relu)
-    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    conv, relu, pool = Conv2d(2, 3, 3, padding=1, rng=0, dtype=F64), ReLU(), MaxPool2d(2)
+    model = Sequential(conv, relu, pool)
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
     y = model.forward(x)
     dy = np.random.default_rng(1).standard_normal(y.shape)
     dx_fused = model.backward(dy)
     grads = {k: v.copy() for k, v in conv.grads.items()}
-    dx_alone = conv.backward(relu.backward(dy))  # the caches are the plain layers' caches
-    np.testing.assert_array_equal(dx_fused, dx_alone)
+    dx_alone = conv.backward(relu.backward(pool.backward(dy)))  # the caches are the plain layers' caches
+    np.testing.assert_allclose(dx_fused, dx_alone, rtol=1e-12, atol=1e-13)
     for k in grads:
-        np.testing.assert_array_equal(conv.grads[k], grads[k])
+        np.testing.assert_allclose(conv.grads[k], grads[k], rtol=1e-12, atol=1e-13)
 
 
-@pytest.mark.parametrize("impls", [("reference", "fast"), ("fast", "reference"), ("reference", "reference")])
-def test_no_fusion_unless_both_layers_are_fast(monkeypatch, impls):
-    def refuse(*args, **kwargs):
-        raise AssertionError("fused although a layer uses the reference kernels")
+@pytest.mark.parametrize("impls", [("reference", "fast", "fast"), ("fast", "reference", "fast"),
+                                   ("reference", "reference", "reference")])
+def test_no_fusion_with_a_layer_on_the_reference_kernels(monkeypatch, impls):
+    seen = []
+    real_forward, real_backward = F.conv2d_block_forward, F.conv2d_backward
 
-    monkeypatch.setattr(F, "conv2d_relu_forward", refuse)
-    real_backward = F.conv2d_backward
+    def block_forward(*args, **kwargs):
+        seen.append(("forward", kwargs))
+        return real_forward(*args, **kwargs)
 
-    def backward_without_mask(*args, relu_mask=None, **kwargs):
-        assert relu_mask is None, "fused backward although a layer uses the reference kernels"
-        return real_backward(*args, **kwargs)
+    def backward(*args, relu_mask=None, pool_cache=None, **kwargs):
+        seen.append(("backward", relu_mask is not None, pool_cache is not None))
+        return real_backward(*args, relu_mask=relu_mask, pool_cache=pool_cache, **kwargs)
 
-    monkeypatch.setattr(F, "conv2d_backward", backward_without_mask)
-    conv, relu = Conv2d(1, 2, 3, rng=0, dtype=F64), ReLU()
-    conv.impl, relu.impl = impls
-    model = Sequential(conv, relu, Flatten())
-    x = np.random.default_rng(0).standard_normal((2, 1, 5, 5))
+    monkeypatch.setattr(F, "conv2d_block_forward", block_forward)
+    monkeypatch.setattr(F, "conv2d_backward", backward)
+    conv, relu, pool = Conv2d(1, 2, 3, rng=0, dtype=F64), ReLU(), MaxPool2d(2)
+    conv.impl, relu.impl, pool.impl = impls
+    model = Sequential(conv, relu, pool, Flatten())
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
     y = model.forward(x)
     dx = model.backward(np.ones(y.shape))
     assert dx.shape == x.shape
+    if impls[0] == "reference":  # a reference conv fuses nothing
+        assert not seen
+    else:  # conv and pool are fast, but the reference ReLU in between keeps the layers apart
+        assert seen == [("forward", {}), ("backward", False, False)]  # Conv2d.forward, alone
     # forward run by hand with a reference ReLU (its cache is x, not a mask), backward through
     # Sequential: still not fused
-    conv.impl, relu.impl = "fast", "reference"
-    relu.forward(conv.forward(x))
+    conv.impl, relu.impl, pool.impl = "fast", "reference", "fast"
+    pool.forward(relu.forward(conv.forward(x)))
     conv.impl, relu.impl = "fast", "fast"
+    seen.clear()
     assert model.backward(np.ones(y.shape)).shape == x.shape
+    assert seen == [("backward", False, False)]
 
 
-def test_fused_forward_rejects_bad_input_like_the_conv_and_changes_nothing():
-    model = Sequential(Conv2d(3, 2, 3, rng=0, dtype=F64), ReLU())
+def test_a_reference_pool_after_a_fast_conv_and_relu_leaves_them_fused(monkeypatch):
+    conv, relu, pool = Conv2d(1, 2, 3, rng=0, dtype=F64), ReLU(), MaxPool2d(2)
+    pool.impl = "reference"
+    model = Sequential(conv, relu, pool)
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
+    y = model.forward(x)
+    assert conv._cache[0] is F and relu._cache[0] is F and pool._cache[0] is not F
+    dx = model.backward(np.ones(y.shape))
+    np.testing.assert_allclose(dx, unfused_copy(model).backward(np.ones(y.shape)), rtol=1e-12)
+
+
+def test_fused_forward_rejects_bad_input_like_the_layers_and_changes_nothing():
+    model = Sequential(Conv2d(3, 2, 3, rng=0, dtype=F64), ReLU(), MaxPool2d(4))
     with pytest.raises(ValueError, match="channel"):
         model.forward(np.ones((1, 2, 5, 5)))
     with pytest.raises(ValueError, match="larger than the padded input"):
         model.forward(np.ones((1, 3, 2, 2)))
-    assert model[0]._cache is None and model[1]._cache is None
+    with pytest.raises(ValueError, match="MaxPool2d: window 4x4 is larger than the input 3x3"):
+        model.forward(np.ones((1, 3, 5, 5)))  # the conv's output is too small for the pool
+    assert all(layer._cache is None for layer in model)
     with pytest.raises(RuntimeError, match="forward"):
-        model.backward(np.ones((1, 2, 3, 3)))
+        model.backward(np.ones((1, 2, 1, 1)))
+    model.forward(np.ones((1, 3, 6, 6)))
+    with pytest.raises(ValueError, match="MaxPool2d.backward: dy must have the shape"):
+        model.backward(np.ones((1, 2, 4, 4)))  # the conv's output shape, not the block's
 
 
 # ----------------------------------------------------------------------------- slices and threads
