@@ -309,8 +309,14 @@ def im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], out
     return cols
 
 
-def cols_matrix(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+def cols_matrix(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+                ones: bool = False) -> np.ndarray:
     """:func:`im2col` as the 2-D matrix ``cols`` (N*H_out*W_out, kH*kW*C) that the kernel multiplies.
+
+    ``ones=True`` appends a column of ones, (N*H_out*W_out, kH*kW*C + 1): a bias is a weight
+    on an input that is always 1, so with the bias as the kernel matrix's last row, one
+    matrix product adds it too (forward), and in ``cols.T @ dy_mat`` the last row is the
+    column sums of ``dy_mat``, dL/dbias (backward).
 
     Many channels: ``im2col(...)`` reshaped. Few channels (C < 4, e.g. the first layer on
     grey images): a row of ``cols`` holds only kH*kW*C numbers, and filling it tap by tap
@@ -321,14 +327,23 @@ def cols_matrix(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]
     """
     n, hp, wp, c = xp.shape
     kh, kw = kernel
-    if c >= 4:
-        return im2col(xp, kernel, stride).reshape(-1, kh * kw * c)
     sh, sw = stride
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
-    cols_t = np.empty((kh, kw, c, n, ho, wo), dtype=xp.dtype)
+    k, m = kh * kw * c, n * ho * wo
+    width = k + 1 if ones else k
+    if c >= 4:
+        cols = np.empty((m, width), dtype=xp.dtype)
+        im2col(xp, kernel, stride, out=cols[:, :k].reshape(n, ho, wo, kh, kw, c))  # a view
+        if ones:
+            cols[:, k] = 1
+        return cols
+    cols_t = np.empty((width, m), dtype=xp.dtype)
+    taps = cols_t[:k].reshape(kh, kw, c, n, ho, wo)  # a view: one row of cols_t per (tap, channel)
     for i, j in _taps(kh, kw):
-        cols_t[i, j] = xp[_window(i, j, stride, (ho, wo))].transpose(3, 0, 1, 2)  # (C, N, Ho, Wo)
-    return cols_t.reshape(kh * kw * c, n * ho * wo).T
+        taps[i, j] = xp[_window(i, j, stride, (ho, wo))].transpose(3, 0, 1, 2)  # (C, N, Ho, Wo)
+    if ones:
+        cols_t[k] = 1
+    return cols_t.T
 
 
 def col2im(dcols: np.ndarray, padded_shape: tuple, stride: tuple[int, int]) -> np.ndarray:
@@ -412,9 +427,8 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
     ho, wo = output_size(h, kh, stride[0], ph), output_size(w, kw, stride[1], pw)
     k = kh * kw * c_in  # numbers in one receptive field
     wmat = _weight_matrix(weight)
-    # The bias, once per pixel of an output image row: added to whole rows at a time, NumPy's
-    # loop runs over W_out*C_out numbers per row instead of C_out (a few times faster)
-    bias_row = None if bias is None else np.tile(bias, wo)
+    if bias is not None:  # the bias as one more row of the kernel, for cols' column of ones
+        wmat = np.concatenate([wmat, bias.reshape(1, c_out)])
     conv_shape = (n, ho, wo, c_out)  # rows are pixels, channels last
     mask = np.empty(conv_shape, dtype=x.dtype) if relu else None
     if pool is None:
@@ -426,12 +440,10 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
         wins = np.empty((pool_kernel[0] * pool_kernel[1], n, pho, pwo, c_out), dtype=bool)
 
     def work(part):
-        cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride)
+        cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride, ones=bias is not None)
         # the convolution's output: straight into y, or (a pooling follows) a scratch array
         out = y[part] if pool is None else np.empty((len(cols) // (ho * wo), ho, wo, c_out), x.dtype)
-        np.matmul(cols, wmat, out=out.reshape(-1, c_out))
-        if bias is not None:
-            out.reshape(-1, wo * c_out)[...] += bias_row
+        np.matmul(cols, wmat, out=out.reshape(-1, c_out))  # bias included
         if relu:  # the steps of relu_forward, on this slice
             np.greater(out, 0, out=mask[part])
             np.multiply(out, mask[part], out=out)
@@ -482,14 +494,11 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
         if maskh is not None:  # relu_backward of this slice
             g = np.multiply(g, maskh[part], out=g if pool_cache is not None else None)
         dy_mat = g.reshape(-1, c_out)  # free when g is channels-last
-        # dW = sum over every output position of (receptive field) x (its upstream gradient)
-        cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride)
-        dwmat = cols.T @ dy_mat
-        # db = column sums of dy_mat. np.einsum sums a tall, narrow matrix several times
-        # faster than dy_mat.sum(axis=0), and (unlike the product ones @ dy_mat, which
-        # OpenBLAS runs one call at a time) on all threads at once
-        dbias = np.einsum("pk->k", dy_mat) if has_bias else None
-        partial[part.start] = (dwmat, dbias)
+        # dW = sum over every output position of (receptive field) x (its upstream gradient);
+        # with a bias, cols ends in a column of ones, and the last row of the product is
+        # db = the column sums of dy_mat
+        cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride, ones=has_bias)
+        partial[part.start] = cols.T @ dy_mat
         if need_input_grad:
             # dx: each output position sends dy * W back to the receptive field it read from;
             # into a padded scratch array for this slice, whose inside is this slice's dx
@@ -500,10 +509,9 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
     upstream = 1 if maskh is None else 2  # the gradient, and the mask of a fused ReLU
     # bytes per image: its cols, its upstream arrays, its input and its dx
     for_each_slice(work, n, (ho * wo * (k + upstream * c_out) + 2 * h * w * c_in) * dy.itemsize)
-    shares = [partial[start] for start in sorted(partial)]  # a fixed order: same sums every run
-    dwmat = sum(dw for dw, _ in shares)
-    dbias = sum(db for _, db in shares) if has_bias else None
-    dweight = np.ascontiguousarray(dwmat.reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1))
+    dwmat = sum(partial[start] for start in sorted(partial))  # a fixed order: same sums every run
+    dbias = dwmat[k].copy() if has_bias else None
+    dweight = np.ascontiguousarray(dwmat[:k].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1))
     return (None if dxh is None else _nchw(dxh)), dweight, dbias
 
 

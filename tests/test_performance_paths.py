@@ -371,6 +371,24 @@ def test_one_channel_conv_sliced(sliced):
                        np.random.default_rng(0).standard_normal((5, 1, 7, 8)))
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_many_channel_conv_sliced(sliced, bias):
+    """Six input channels: im2col copies every window at once (into cols beside its ones)."""
+    fast_and_reference(Conv2d(6, 4, 3, stride=(1, 2), padding=1, bias=bias, rng=2, dtype=F64),
+                       np.random.default_rng(0).standard_normal((5, 6, 7, 8)))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4, 6])
+def test_cols_with_ones_are_cols_and_a_column_of_ones(channels):
+    xp = np.random.default_rng(0).standard_normal((2, 6, 7, channels))
+    plain = F.cols_matrix(xp, (3, 2), (2, 1))
+    with_ones = F.cols_matrix(xp, (3, 2), (2, 1), ones=True)
+    assert plain.shape == (2 * 2 * 6, 3 * 2 * channels)
+    np.testing.assert_array_equal(with_ones[:, :-1], plain)
+    np.testing.assert_array_equal(with_ones[:, -1], 1)
+    np.testing.assert_array_equal(plain.reshape(2, 2, 6, 3, 2, channels), F.im2col(xp, (3, 2), (2, 1)))
+
+
 def test_maxpool_ties_follow_the_rule_in_every_slice(sliced):
     x = np.random.default_rng(0).integers(0, 2, (7, 3, 6, 6)).astype(F64)  # ties everywhere
     fast_and_reference(MaxPool2d(2), x)
