@@ -233,30 +233,45 @@ def for_each_slice(work, n: int, bytes_per_item: int, parallel: bool | None = No
     another call is using the helper threads (another thread of the program, or ``work``
     itself calling for_each_slice), everything runs right here, in order. An error in any
     thread reaches the caller once every thread has stopped.
+
+    The threads take the slices one at a time, each the next one nobody has taken yet, and
+    there are at least two per thread when the batch allows: a helper thread that wakes up
+    late (an idle core can take a tenth of a millisecond to wake on these machines) then
+    simply takes fewer slices, instead of making everyone wait for its fixed share.
     """
     if parallel is None:
         parallel = n * bytes_per_item >= PARALLEL_MIN_BYTES
     threads = NUM_THREADS if parallel else 1
-    parts = batch_slices(n, bytes_per_item, threads)
+    parts = batch_slices(n, bytes_per_item, 2 * threads if threads > 1 else 1)
     threads = min(threads, len(parts))
-
-    def run(share):
-        for part in share:
-            work(part)
-
     if threads <= 1 or not _helpers_busy.acquire(blocking=False):
-        run(parts)
+        for part in parts:
+            work(part)
         return
+    todo, take = iter(parts), threading.Lock()
+    failed = []
+
+    def run():
+        while not failed:  # after an error, nobody starts another slice
+            with take:
+                part = next(todo, None)
+            if part is None:
+                return
+            try:
+                work(part)
+            except BaseException:
+                failed.append(True)
+                raise
+
     try:
         while len(_helpers) < threads - 1:
             _helpers.append(_Helper(f"cnn_lib-{len(_helpers) + 1}"))
         helpers = _helpers[: threads - 1]
         with single_threaded_blas():
-            # helper t takes slices t, t + threads, t + 2*threads, ...; this thread takes share 0
-            for t, helper in enumerate(helpers, start=1):
-                helper.run(lambda share=parts[t::threads]: run(share))
+            for helper in helpers:
+                helper.run(run)
             try:
-                run(parts[0::threads])
+                run()
             finally:
                 # every thread is done with the outputs before anyone looks at them
                 errors = [helper.wait() for helper in helpers]

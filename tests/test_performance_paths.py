@@ -549,19 +549,52 @@ def _threaded_sum_in_child():
 
 
 def test_an_error_in_one_thread_waits_for_the_others(monkeypatch):
+    import threading
+
     monkeypatch.setattr(F, "NUM_THREADS", 3)
-    done = []
+    done, writing = [], threading.Event()
 
     def work(part):
-        if part.start == 1:  # the first helper thread fails at once
+        if part.start == 1:  # fails while another thread is still writing its slice
+            assert writing.wait(10), "slice 2 never started"
             raise RuntimeError("boom")
-        if part.start == 2:  # the second is still writing its part of the outputs
+        if part.start == 2:
+            writing.set()
             time.sleep(0.2)
+        if part.start >= 3:  # nobody starts a slice after the error
+            assert not done or 2 not in done
         done.append(part.start)
 
     with pytest.raises(RuntimeError, match="boom"):
         F.for_each_slice(work, 3, F.CHUNK_BYTES)
-    assert sorted(done) == [0, 2]  # ... and had finished before the error reached the caller
+    assert sorted(done) == [0, 2]  # slice 2 had finished before the error reached the caller
+
+
+def test_every_slice_runs_once_whichever_thread_takes_it(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(F, "NUM_THREADS", 3)
+    monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # one item a slice
+    taken = []
+
+    def work(part):
+        time.sleep(0.005)  # long enough for the helper threads to wake up and join in
+        taken.append((part.start, part.stop, threading.current_thread().name))
+
+    F.for_each_slice(work, 20, 1, parallel=True)
+    assert sorted((start, stop) for start, stop, _ in taken) == [(i, i + 1) for i in range(20)]
+    assert len({name for *_, name in taken}) > 1  # shared out
+
+
+def test_slices_are_at_least_two_per_thread_when_the_batch_allows(monkeypatch):
+    monkeypatch.setattr(F, "NUM_THREADS", 2)
+    for n, expected in ((32, 4), (3, 3), (1, 1)):  # tiny work, but parallel: 2 per thread
+        parts = []
+        F.for_each_slice(parts.append, n, 1, parallel=True)
+        assert len(parts) == expected
+    parts = []
+    F.for_each_slice(parts.append, 32, 1)  # too little work to share out: one slice, here
+    assert parts == [slice(0, 32)]
 
 
 # ----------------------------------------------------------------------------- dtype
