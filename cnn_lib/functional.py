@@ -1,9 +1,10 @@
 """Fast kernels: no Python loop over pixels or batch items.
 
-Every function here has a loop twin in :mod:`cnn_lib.reference` with the same signature and
-the same results (the tests hold them to 1e-10 in float64). The reference reads like the
-derivation; this module reads like the reference *reorganised* so that NumPy and BLAS do the
-work. Lesson 09 walks through the tricks:
+Every layer kernel here (``*_forward``, ``*_backward``) has a loop twin in
+:mod:`cnn_lib.reference` with the same results (the tests hold them to 1e-10 in float64).
+The reference reads like the derivation; this module reads like the reference *reorganised*
+so that NumPy and BLAS do the work. Lessons 05 (section 8) and 06 (section 5) show some of the
+tricks; lesson 09 (coming) walks through them all:
 
 * **Channels last in memory.** Arrays keep PyTorch's *shape* ``(N, C, H, W)``, but the
   images these kernels return are stored channels-last: ``(N, H, W, C)`` in memory, seen
@@ -12,7 +13,10 @@ work. Lesson 09 walks through the tricks:
   every shifted add then moves long contiguous runs (a pixel's channels, or a whole image
   row of them) instead of single numbers. Any input layout works; this one is just fast.
 * **Convolution is a matrix product.** ``im2col`` copies every receptive field into a row of
-  ``cols``; ``cols @ Wmat`` is then the whole convolution, done by BLAS.
+  ``cols``; ``cols @ Wmat`` is then the whole convolution, done by BLAS. With a column of
+  ones at the end of ``cols`` (:func:`cols_matrix`, ``ones=True``) and the bias as the last
+  row of ``Wmat``, the same product adds the bias, and backward's ``cols.T @ dy_mat`` has
+  dL/dbias as its last row.
 * **Its input gradient is one matrix product per tap and one shifted add per tap**
   (:func:`add_tap_products`), never a scatter with ``np.add.at``, and never the big
   ``(N*H_out*W_out, kH*kW*C)`` matrix of :func:`col2im`.
@@ -83,7 +87,7 @@ def _window(i: int, j: int, stride, out_hw):
 #: and writes, its temporaries included). Smaller slices keep a kernel's temporaries in the
 #: CPU cache between its passes, but every slice also costs something (fresh memory for its
 #: temporaries, smaller matrix products, one more partial sum). Measured on the course's
-#: 2-core machines, with the conv blocks fused: on an AMD Zen 3 (1 MiB of L2 cache per core)
+#: 2-core machines, with the conv blocks fused: on an AMD Zen 3 (512 KiB of L2 cache a core)
 #: 4 MiB trains the LeNet-style net of benchmarks/ 5% (batch 32) and 15% (batch 128) faster
 #: than 16 MiB, and 2 MiB as fast as 4; the tutorial net does not care. (Before the fusion, on
 #: an AVX-512 machine with 2 MiB of L2, 16 MiB had been 10-20% faster than 2.) Measure before
@@ -104,8 +108,8 @@ PARALLEL_MIN_BYTES = 2 << 20
 
 def batch_slices(n: int, bytes_per_item: int, multiple_of: int = 1) -> list[slice]:
     """Split ``range(n)`` into consecutive slices of at most about ``CHUNK_BYTES`` each, their
-    sizes differing by at most one and their number a multiple of ``multiple_of`` (so that
-    every thread gets as many) when there are enough items."""
+    sizes differing by at most one and their number a multiple of ``multiple_of`` when there
+    are enough items (for_each_slice asks for two per thread)."""
     count = -(-n * bytes_per_item // CHUNK_BYTES)  # ceil(total bytes / CHUNK_BYTES)
     count = min(n, max(1, -(-count // multiple_of) * multiple_of))
     bounds = [i * n // count for i in range(count + 1)]
@@ -134,7 +138,9 @@ class _Helper:
 
     Two locks do the talking: ``start`` is released to wake the thread with a job, ``done``
     is released by the thread when the job has finished. A wake-up through a lock costs
-    about 15 microseconds here; a ``concurrent.futures`` pool's about 50 (its queue, its
+    about 15 microseconds here when the thread's core is awake (a core that has been idle
+    for a millisecond or more takes 0.1-0.2 ms to wake); a ``concurrent.futures`` pool's
+    about 50 (its queue, its
     futures and their conditions), and the kernels hand work over about ten times a step.
     """
 
@@ -223,8 +229,8 @@ def single_threaded_blas():
 
 
 def for_each_slice(work, n: int, bytes_per_item: int, parallel: bool | None = None) -> None:
-    """Call ``work(part)`` for every ``part`` of ``batch_slices(n, bytes_per_item)``, spread
-    over ``NUM_THREADS`` threads; return when all are done.
+    """Call ``work(part)`` for every ``part`` of ``batch_slices(n, bytes_per_item, ...)``,
+    spread over ``NUM_THREADS`` threads; return when all are done.
 
     NumPy releases Python's GIL while its loops and matrix products run, so threads that each
     call NumPy on their own part of the batch really do run at the same time, one per core.
@@ -426,15 +432,15 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
 
     returns: the block's output, the cache of :func:`conv2d_forward`, the cache of
              :func:`relu_forward` (its 0/1 mask, or None) and the cache of
-             :func:`maxpool2d_forward` (or None): the same arrays, bit for bit, as the three
-             functions one after the other.
+             :func:`maxpool2d_forward` (or None): the same arrays as the three functions one
+             after the other (the same operations on the same numbers).
 
     Fused: each slice of the batch goes through the ReLU and the pooling right after its
     matrix product, while the convolution's output is still in the CPU cache. The ReLU and
     the pooling need no pass over main memory and no hand-over to the threads of their own,
     and when a pooling follows, the convolution's output for the whole batch is never stored
     at all (only the caches backward needs). :class:`cnn_lib.Sequential` uses it for every
-    Conv2d that a ReLU or a MaxPool2d follows (PyTorch's oneDNN backend fuses the same way).
+    Conv2d that a ReLU or a MaxPool2d follows (inference engines fuse conv + ReLU the same way).
     """
     n, c_in, h, w = x.shape
     c_out, _, kh, kw = weight.shape
