@@ -140,8 +140,8 @@ class _Helper:
     is released by the thread when the job has finished. A wake-up through a lock costs
     about 15 microseconds here when the thread's core is awake (a core that has been idle
     for a millisecond or more takes 0.1-0.2 ms to wake); a ``concurrent.futures`` pool's
-    about 50 (its queue, its
-    futures and their conditions), and the kernels hand work over about ten times a step.
+    costs about 50 (its queue, its futures and their conditions), and the kernels hand work
+    over about ten times a training step.
     """
 
     def __init__(self, name):
