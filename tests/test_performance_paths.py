@@ -4,8 +4,9 @@
   gradients and returns None; the default still returns dL/dx.
 * Kernels that work through a batch in slices, on several threads, agree with the loop
   reference whatever the slicing (forced here down to one image per slice).
-* A Conv2d followed by a ReLU runs fused in Sequential (one pass) with the same outputs,
-  caches and (up to rounding) gradients as the two layers one after the other.
+* A Conv2d followed by a ReLU and/or a MaxPool2d runs fused in Sequential (one pass) with
+  the same outputs, caches and (up to rounding) gradients as the layers one after the other.
+* The helper threads: errors, nested and concurrent calls, forked processes, dynamic slices.
 * float32 stays float32 everywhere.
 No timing is asserted anywhere: speed is measured by benchmarks/bench_training.py.
 """
@@ -13,6 +14,7 @@ No timing is asserted anywhere: speed is measured by benchmarks/bench_training.p
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -504,8 +506,6 @@ def test_work_that_hands_out_work_itself_runs_its_share_in_place(monkeypatch):
 
 
 def test_two_program_threads_can_use_the_kernels_at_once(monkeypatch):
-    import threading
-
     monkeypatch.setattr(F, "NUM_THREADS", 2)
     monkeypatch.setattr(F, "PARALLEL_MIN_MULTIPLY_ADDS", 0)
     monkeypatch.setattr(F, "CHUNK_BYTES", 1)
@@ -549,8 +549,6 @@ def _threaded_sum_in_child():
 
 
 def test_an_error_in_one_thread_waits_for_the_others(monkeypatch):
-    import threading
-
     monkeypatch.setattr(F, "NUM_THREADS", 3)
     done, writing = [], threading.Event()
 
@@ -571,8 +569,6 @@ def test_an_error_in_one_thread_waits_for_the_others(monkeypatch):
 
 
 def test_every_slice_runs_once_whichever_thread_takes_it(monkeypatch):
-    import threading
-
     monkeypatch.setattr(F, "NUM_THREADS", 3)
     monkeypatch.setattr(F, "CHUNK_BYTES", 1)  # one item a slice
     taken = []
