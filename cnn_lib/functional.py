@@ -430,10 +430,18 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
     """A convolution, then (if ``relu``) a ReLU, then (if ``pool`` = (kernel, stride)) a max
     pooling, in one pass over the batch.
 
-    returns: the block's output, the cache of :func:`conv2d_forward`, the cache of
-             :func:`relu_forward` (its 0/1 mask, or None) and the cache of
-             :func:`maxpool2d_forward` (or None): the same arrays as the three functions one
-             after the other (the same operations on the same numbers).
+    returns: the block's output, the cache of :func:`conv2d_forward`, the ReLU's 0/1 mask (or
+             None) and the cache of :func:`maxpool2d_forward` (or None). The output and the
+             caches of the convolution and of the pooling are the arrays the three functions
+             make one after the other; the mask is that of the *block's output* (see below).
+
+    With both a ReLU and a pooling, the block pools first and then applies the ReLU to the
+    pooled numbers: max pooling and ReLU commute, ``max(relu(a), relu(b)) = relu(max(a, b))``
+    (a ReLU never changes which number is the largest, it only sets the negative ones to 0),
+    so the output is the very same, for a quarter of the ReLU's work with 2x2 windows, and a
+    mask four times smaller to keep. The pooling's winners are then set as pooling the ReLU's
+    output would have set them: in a window whose maximum is <= 0 the ReLU makes every input
+    0, and the tie rule gives the window to its first tap.
 
     Fused: each slice of the batch goes through the ReLU and the pooling right after its
     matrix product, while the convolution's output is still in the CPU cache. The ReLU and
@@ -451,7 +459,6 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
     if bias is not None:  # the bias as one more row of the kernel, for cols' column of ones
         wmat = np.concatenate([wmat, bias.reshape(1, c_out)])
     conv_shape = (n, ho, wo, c_out)  # rows are pixels, channels last
-    mask = np.empty(conv_shape, dtype=x.dtype) if relu else None
     if pool is None:
         y = np.empty(conv_shape, dtype=x.dtype)
     else:
@@ -459,19 +466,26 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
         pho, pwo = _pool_geometry((n, c_out, ho, wo), pool_kernel, pool_stride)
         y = np.empty((n, pho, pwo, c_out), dtype=x.dtype)
         wins = np.empty((pool_kernel[0] * pool_kernel[1], n, pho, pwo, c_out), dtype=bool)
+    mask = np.empty(y.shape, dtype=x.dtype) if relu else None  # the ReLU's, at the block's output
 
     def work(part):
         cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride, ones=bias is not None)
         # the convolution's output: straight into y, or (a pooling follows) a scratch array
         out = y[part] if pool is None else np.empty((len(cols) // (ho * wo), ho, wo, c_out), x.dtype)
         np.matmul(cols, wmat, out=out.reshape(-1, c_out))  # bias included
-        if relu:  # the steps of relu_forward, on this slice
-            np.greater(out, 0, out=mask[part])
-            np.multiply(out, mask[part], out=out)
         if pool is not None:  # the steps of maxpool2d_forward, on this slice
             _maxpool_slice(out, y[part], wins[:, part], pool_kernel, pool_stride)
+        if relu:  # the steps of relu_forward, on this slice of the block's output
+            np.greater(y[part], 0, out=mask[part])
+            np.multiply(y[part], mask[part], out=y[part])
+            if pool is not None:  # windows whose maximum is <= 0: the first tap wins
+                positive = mask[part] != 0
+                np.logical_or(wins[0, part], ~positive, out=wins[0, part])
+                np.logical_and(wins[1:, part], positive, out=wins[1:, part])
 
-    outputs = 2 if relu else 1  # the convolution's output, and the mask of a fused ReLU
+    # the convolution's output, and with a ReLU one more array as big: its mask, or under a
+    # pooling the pooling's copies of its sub-grids (the slice sizes were measured so)
+    outputs = 2 if relu else 1
     # bytes per image: its cols, its outputs and its input
     for_each_slice(work, n, (ho * wo * (k + outputs * c_out) + h * w * c_in) * x.itemsize)
     return (_nchw(y), (x, weight, bias is not None, stride, padding),
@@ -491,7 +505,10 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
              block's output, and each slice of it first goes back through the pooling and
              the ReLU: their backward passes fused in, with the results of
              ``conv2d_backward(relu_backward(maxpool2d_backward(dy, pool_cache), relu_mask),
-             cache)`` (up to rounding).
+             cache)`` (up to rounding). A mask of dy's shape belongs to a ReLU that ran after
+             the pooling (as conv2d_block_forward runs it) and is applied first; a mask of
+             the convolution's output shape (relu_forward, then maxpool2d_forward) after the
+             pooling's backward.
     """
     x, weight, has_bias, stride, padding = cache
     n, c_in, h, w = x.shape
@@ -501,19 +518,22 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
     k = kh * kw * c_in
     dyh = _nhwc(dy)
     maskh = None if relu_mask is None else _nhwc(relu_mask)
+    relu_on_top = maskh is not None and maskh.shape == dyh.shape  # the block's last step
     wtaps = weight.transpose(2, 3, 1, 0)  # (kH, kW, C_in, C_out)
     dxh = np.empty((n, h, w, c_in), dtype=dy.dtype) if need_input_grad else None
     partial = {}  # slice start -> that slice's share of (dW, db), summed in order below
 
     def work(part):
         g = dyh[part]  # this slice's upstream gradient, taken back to the convolution's output
+        if relu_on_top:  # relu_backward of this slice
+            g = g * maskh[part]
         if pool_cache is not None:  # maxpool2d_backward of this slice
             pool_shape, wins, pool_kernel, pool_stride = pool_cache
             g_pool, g = g, _pool_dx((len(g), *pool_shape[1:]), pool_kernel, pool_stride,
                                     g.shape[1:3], g.dtype)
             _maxpool_backward_slice(g_pool, wins[:, part], g, pool_kernel, pool_stride)
-        if maskh is not None:  # relu_backward of this slice
-            g = np.multiply(g, maskh[part], out=g if pool_cache is not None else None)
+        if maskh is not None and not relu_on_top:  # relu_backward of this slice, under the pooling
+            np.multiply(g, maskh[part], out=g)
         dy_mat = g.reshape(-1, c_out)  # free when g is channels-last
         # dW = sum over every output position of (receptive field) x (its upstream gradient);
         # with a bias, cols ends in a column of ones, and the last row of the product is
@@ -527,7 +547,8 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
             add_tap_products(dy_mat, wtaps, dxp, stride)
             dxh[part] = dxp[:, ph : ph + h, pw : pw + w, :]
 
-    upstream = 1 if maskh is None else 2  # the gradient, and the mask of a fused ReLU
+    # the gradient, and a fused ReLU's mask when it has the convolution's output shape
+    upstream = 2 if maskh is not None and maskh.shape[1:] == (ho, wo, c_out) else 1
     # bytes per image: its cols, its upstream arrays, its input and its dx
     for_each_slice(work, n, (ho * wo * (k + upstream * c_out) + 2 * h * w * c_in) * dy.itemsize)
     dwmat = sum(partial[start] for start in sorted(partial))  # a fixed order: same sums every run

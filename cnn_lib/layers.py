@@ -211,9 +211,11 @@ class Conv2d(Layer):
         return dx if need_input_grad else None
 
     # Fused with the ReLU and/or the MaxPool2d that follow (Sequential does this for the fast
-    # kernels): the same results (backward: up to rounding) and the same caches in every layer
-    # as ``pool.forward(relu.forward(self.forward(x)))`` and the backward passes one after
-    # the other, in one pass over the batch instead of two or three.
+    # kernels): the same results (backward: up to rounding) as
+    # ``pool.forward(relu.forward(self.forward(x)))`` and the backward passes one after the
+    # other, in one pass over the batch instead of two or three. Each layer keeps what its own
+    # forward would have kept, except a ReLU under a pooling, which keeps the smaller mask of
+    # the pooled output (see MaskAfterPooling); each layer's own backward still works.
 
     def forward_fused(self, x, relu: ReLU | None = None, pool: MaxPool2d | None = None):
         """``pool.forward(relu.forward(self.forward(x)))`` in one pass, with ``relu`` or
@@ -224,13 +226,13 @@ class Conv2d(Layer):
         conv_shape = self.output_shape(x.shape)
         if pool is not None:
             pool._check_window(conv_shape)
+        conv_args = (x, self._cast("weight", x), self._cast("bias", x), self.stride, self.padding)
         y, cache, mask, pool_cache = F.conv2d_block_forward(
-            x, self._cast("weight", x), self._cast("bias", x), self.stride, self.padding,
-            relu=relu is not None, pool=None if pool is None else (pool.kernel_size, pool.stride))
-        # each layer keeps exactly what its own forward would have kept
+            *conv_args, relu=relu is not None,
+            pool=None if pool is None else (pool.kernel_size, pool.stride))
         self._cache = (F, cache, conv_shape)
         if relu is not None:
-            relu._cache = (F, mask, conv_shape)
+            relu._cache = (F, mask if pool is None else MaskAfterPooling(mask, conv_args), conv_shape)
         if pool is not None:
             pool._cache = (F, pool_cache, y.shape)
         return y
@@ -245,9 +247,11 @@ class Conv2d(Layer):
         if relu is not None:
             _checks.forward_called(relu._cache, relu.name)
         _, top_cache = top._start_backward(dy)  # checks dy against the block's output
+        relu_mask = None if relu is None else relu._cache[1]
+        if isinstance(relu_mask, MaskAfterPooling):
+            relu_mask = relu_mask.pooled if pool is not None else relu_mask.full()
         dx, dweight, dbias = F.conv2d_backward(
-            dy, self._cache[1], need_input_grad,
-            relu_mask=None if relu is None else relu._cache[1],
+            dy, self._cache[1], need_input_grad, relu_mask=relu_mask,
             pool_cache=None if pool is None else top_cache)
         self._store(weight=dweight, bias=dbias)
         return dx if need_input_grad else None
@@ -453,6 +457,35 @@ class ReLU(_Activation):
     """y = max(x, 0); dx = dy where x > 0, else 0 (the derivative at exactly 0 is taken as 0)."""
 
     op = "relu"
+
+    def backward(self, dy):
+        kernels, cache = self._start_backward(dy)
+        if isinstance(cache, MaskAfterPooling):  # it ran fused under a pooling: rebuild its mask
+            cache = cache.full()
+        return kernels.relu_backward(dy, cache)
+
+
+class MaskAfterPooling:
+    """What a ReLU keeps when it ran fused between a Conv2d and a MaxPool2d
+    (:meth:`Conv2d.forward_fused`, which pools first and applies the ReLU to the pooled
+    numbers: the two commute, see :func:`cnn_lib.functional.conv2d_block_forward`).
+
+    ``pooled`` is the ReLU's 0/1 mask of the *pooled* output: all that the fused backward
+    needs, a quarter of the numbers with 2x2 windows. The mask that ``ReLU.forward`` would
+    have kept, of the convolution's output, is never made; should the ReLU's own backward be
+    called, :meth:`full` rebuilds it by running the convolution again on the input and the
+    parameters it had (like the Conv2d's backward, it assumes that the weights have not been
+    changed in between).
+    """
+
+    __slots__ = ("pooled", "conv_args")
+
+    def __init__(self, pooled: np.ndarray, conv_args: tuple):
+        self.pooled, self.conv_args = pooled, conv_args  # conv_args: x, weight, bias, stride, padding
+
+    def full(self) -> np.ndarray:
+        y, _ = F.conv2d_forward(*self.conv_args)
+        return F.relu_forward(y)[1]
 
 
 class LeakyReLU(_Activation):

@@ -34,6 +34,7 @@ from cnn_lib import (
     SoftmaxCrossEntropy,
 )
 from cnn_lib import functional as F
+from cnn_lib.layers import MaskAfterPooling
 
 F64 = np.float64
 
@@ -147,10 +148,13 @@ def unfused_copy(model):
 
 
 def caches(model):
-    """What every layer keeps for backward (the arrays in it)."""
+    """What every layer keeps for backward (the arrays in it); for a ReLU that ran fused under a
+    pooling, the mask its own forward would have kept, as its backward rebuilds it."""
     out = []
     for layer in model:
         cache = layer._cache[1] if layer._cache is not None else None
+        if isinstance(cache, MaskAfterPooling):
+            cache = cache.full()
         items = cache if isinstance(cache, tuple) else (cache,)
         out.append([item.copy() for item in items if isinstance(item, np.ndarray)])
     return out
@@ -188,6 +192,10 @@ def test_a_fused_conv_block_gives_what_its_layers_give(monkeypatch, threads, dty
     assert calls == [dict(relu="relu" in block, pool=(model[-2].kernel_size, model[-2].stride)
                           if "pool" in block else None)], "Sequential did not fuse the block"
     kept = caches(model)
+    if block.startswith("relu pool"):  # the ReLU ran on the pooled numbers: its mask is theirs
+        relu_cache = model[1]._cache[1]
+        assert isinstance(relu_cache, MaskAfterPooling)
+        np.testing.assert_array_equal(relu_cache.pooled, y.reshape(model[2]._cache[2]) > 0)
     dy = np.random.default_rng(1).standard_normal(y.shape).astype(dtype)
     dx = model.backward(dy)
     grads = {k: v.copy() for k, v in model.grads.items()}
@@ -241,6 +249,20 @@ def test_after_a_fused_forward_each_layer_can_go_back_on_its_own():
     np.testing.assert_allclose(dx_fused, dx_alone, rtol=1e-12, atol=1e-13)
     for k in grads:
         np.testing.assert_allclose(conv.grads[k], grads[k], rtol=1e-12, atol=1e-13)
+
+
+def test_a_relu_fused_under_a_pooling_keeps_the_pooled_mask_and_can_still_go_back_alone():
+    conv, relu, pool = Conv2d(2, 3, 3, padding=1, rng=0, dtype=F64), ReLU(), MaxPool2d(2)
+    x = np.random.default_rng(0).standard_normal((2, 2, 6, 6))
+    y = Sequential(conv, relu, pool).forward(x)
+    kept = relu._cache[1]
+    assert isinstance(kept, MaskAfterPooling) and kept.pooled.shape == y.shape == (2, 3, 3, 3)
+    conv_y = F.conv2d_forward(x, conv.params["weight"], conv.params["bias"], (1, 1), (1, 1))[0]
+    np.testing.assert_array_equal(kept.full(), conv_y > 0)  # the mask ReLU.forward keeps
+    # the block's backward without its pooling (conv + ReLU alone) uses the rebuilt mask
+    dy = np.random.default_rng(1).standard_normal(conv_y.shape)
+    dx = conv.backward_fused(dy, relu, None)
+    np.testing.assert_allclose(dx, conv.backward(dy * (conv_y > 0)), rtol=1e-12, atol=1e-13)
 
 
 @pytest.mark.parametrize("impls", [("reference", "fast", "fast"), ("fast", "reference", "fast"),
