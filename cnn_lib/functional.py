@@ -15,8 +15,8 @@ tricks; lesson 09 (coming) walks through them all:
 * **Convolution is a matrix product.** ``im2col`` copies every receptive field into a row of
   ``cols``; ``cols @ Wmat`` is then the whole convolution, done by BLAS. With a column of
   ones at the end of ``cols`` (:func:`cols_matrix`, ``ones=True``) and the bias as the last
-  row of ``Wmat``, the same product adds the bias, and backward's ``cols.T @ dy_mat`` has
-  dL/dbias as its last row.
+  row of ``Wmat``, the same product adds the bias, and backward's ``dy_mat.T @ cols`` (dL/dW
+  as a ``(C_out, kH*kW*C)`` matrix) has dL/dbias as its last column.
 * **Its input gradient is one matrix product per tap and one shifted add per tap**
   (:func:`add_tap_products`), never a scatter with ``np.add.at``, and never the big
   ``(N*H_out*W_out, kH*kW*C)`` matrix of :func:`col2im`.
@@ -336,7 +336,7 @@ def cols_matrix(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]
 
     ``ones=True`` appends a column of ones, (N*H_out*W_out, kH*kW*C + 1): a bias is a weight
     on an input that is always 1, so with the bias as the kernel matrix's last row, one
-    matrix product adds it too (forward), and in ``cols.T @ dy_mat`` the last row is the
+    matrix product adds it too (forward), and in ``dy_mat.T @ cols`` the last column is the
     column sums of ``dy_mat``, dL/dbias (backward).
 
     Many channels: ``im2col(...)`` reshaped. Few channels (C < 4, e.g. the first layer on
@@ -535,11 +535,13 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
         if maskh is not None and not relu_on_top:  # relu_backward of this slice, under the pooling
             np.multiply(g, maskh[part], out=g)
         dy_mat = g.reshape(-1, c_out)  # free when g is channels-last
-        # dW = sum over every output position of (receptive field) x (its upstream gradient);
-        # with a bias, cols ends in a column of ones, and the last row of the product is
-        # db = the column sums of dy_mat
+        # dW = sum over every output position of (its upstream gradient) x (receptive field);
+        # with a bias, cols ends in a column of ones, and the last column of the product is
+        # db = the column sums of dy_mat. (dy_mat.T @ cols is (cols.T @ dy_mat).T, in the
+        # layout of the weight, C_out first; for many input channels OpenBLAS computes it
+        # 10-20% faster: measured on the LeNet-style net's second convolution.)
         cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride, ones=has_bias)
-        partial[part.start] = cols.T @ dy_mat
+        partial[part.start] = dy_mat.T @ cols
         if need_input_grad:
             # dx: each output position sends dy * W back to the receptive field it read from;
             # into a padded scratch array for this slice, whose inside is this slice's dx
@@ -552,8 +554,8 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
     # bytes per image: its cols, its upstream arrays, its input and its dx
     for_each_slice(work, n, (ho * wo * (k + upstream * c_out) + 2 * h * w * c_in) * dy.itemsize)
     dwmat = sum(partial[start] for start in sorted(partial))  # a fixed order: same sums every run
-    dbias = dwmat[k].copy() if has_bias else None
-    dweight = np.ascontiguousarray(dwmat[:k].reshape(kh, kw, c_in, c_out).transpose(3, 2, 0, 1))
+    dbias = dwmat[:, k].copy() if has_bias else None
+    dweight = np.ascontiguousarray(dwmat[:, :k].reshape(c_out, kh, kw, c_in).transpose(0, 3, 1, 2))
     return (None if dxh is None else _nchw(dxh)), dweight, dbias
 
 
