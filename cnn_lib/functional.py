@@ -311,7 +311,8 @@ def im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], out
     xp:      (N, Hp, Wp, C) padded input, channels last
     out:     optional array to fill, of the shape returned (or a reshaped view of one)
     returns: (N, H_out, W_out, kH, kW, C); reshaped to (N*H_out*W_out, kH*kW*C) it is the
-             matrix whose product with the flattened kernel is the convolution.
+             matrix whose product with the kernel matrix of :func:`_weight_matrix` (the
+             kernel transposed to (kH, kW, C_in, C_out), then reshaped) is the convolution.
     """
     n, hp, wp, c = xp.shape
     kh, kw = kernel
@@ -324,7 +325,8 @@ def im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], out
             cols[:, :, :, i, j, :] = xp[_window(i, j, stride, (ho, wo))]
     else:
         # Many channels: a strided *view* of every window (no copy), then one copy in which
-        # each receptive-field row of kW*C numbers is a contiguous run of the input. In the
+        # each kernel row of a window (kW*C numbers) is a contiguous run of the input when xp
+        # is a contiguous channels-last array (as _padded_nhwc makes it with padding). In the
         # view, element [n, i, j, a, b, ch] is xp[n, i*sh + a, j*sw + b, ch]: its strides are
         # xp's own, with the output axes i and j stepping sh and sw pixels at a time.
         # (np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2)) makes the same
@@ -398,7 +400,7 @@ def add_tap_products(g_mat, wtaps, out, stride):
 
     Same numbers as ``col2im`` of the big product, but each tap's product is a contiguous
     (n, H_out, W_out, C) block that is added in one go (runs of ``W_out*C`` numbers), and the
-    ``kH*kW`` times larger matrix ``g_mat @ Wmat.T`` is never built.
+    matrix ``g_mat @ Wmat.T``, ``kH*kW`` times larger than one tap's block, is never built.
     """
     n, hp, wp, c = out.shape
     kh, kw = wtaps.shape[:2]
@@ -445,11 +447,12 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
 
     With both a ReLU and a pooling, the block pools first and then applies the ReLU to the
     pooled numbers: max pooling and ReLU commute, ``max(relu(a), relu(b)) = relu(max(a, b))``
-    (a ReLU never changes which number is the largest, it only sets the negative ones to 0),
-    so the output is the very same, for a quarter of the ReLU's work with 2x2 windows, and a
-    mask four times smaller to keep. The pooling's winners are then set as pooling the ReLU's
-    output would have set them: in a window whose maximum is <= 0 the ReLU makes every input
-    0, and the tie rule gives the window to its first tap.
+    (a ReLU never reverses an order, a >= b gives relu(a) >= relu(b), so a largest input is
+    still a largest after it), so the output is the very same, for a quarter of the ReLU's
+    work with 2x2 windows of stride 2, and a mask four times smaller to keep. The pooling's
+    record of winners is then corrected to what pooling the ReLU's output would have
+    recorded: in a window whose maximum is <= 0 the ReLU makes every input 0, and the tie
+    rule gives the window to its first tap.
 
     Fused: each slice of the batch goes through the ReLU and the pooling right after its
     matrix product, while the convolution's output is still in the CPU cache. The ReLU and
@@ -504,19 +507,21 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
 def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=None):
     """Gradients of a convolution.
 
-    dy:      (N, C_out, H_out, W_out) upstream gradient dL/dy
+    dy:      (N, C_out, H_out, W_out) upstream gradient dL/dy (with a fused ReLU and/or
+             pooling: of the block's output shape)
     returns: dx (N, C_in, H, W), dweight (C_out, C_in, kH, kW), dbias (C_out,) or None.
              With ``need_input_grad=False``, dx is None and not computed (a network's first
              layer: the images need no gradient).
     relu_mask, pool_cache: the caches of a ReLU and/or a max pooling that followed this
              convolution (:func:`conv2d_block_forward`). dy is then the gradient at the
              block's output, and each slice of it first goes back through the pooling and
-             the ReLU: their backward passes fused in, with the results of
-             ``conv2d_backward(relu_backward(maxpool2d_backward(dy, pool_cache), relu_mask),
-             cache)`` (up to rounding). A mask of dy's shape belongs to a ReLU that ran after
-             the pooling (as conv2d_block_forward runs it) and is applied first; a mask of
-             the convolution's output shape (relu_forward, then maxpool2d_forward) after the
-             pooling's backward.
+             the ReLU: their backward passes fused in. A mask of dy's shape belongs to a
+             ReLU that ran after the pooling (as conv2d_block_forward runs it) and is applied
+             first, with the results of ``conv2d_backward(maxpool2d_backward(relu_backward(dy,
+             relu_mask), pool_cache), cache)``; a mask of the convolution's output shape
+             (relu_forward, then maxpool2d_forward) after the pooling's backward, with those
+             of ``conv2d_backward(relu_backward(maxpool2d_backward(dy, pool_cache),
+             relu_mask), cache)`` (both up to rounding).
     """
     x, weight, has_bias, stride, padding = cache
     n, c_in, h, w = x.shape
@@ -532,7 +537,7 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
     partial = {}  # slice start -> that slice's share of (dW, db), summed in order below
 
     def work(part):
-        g = dyh[part]  # this slice's upstream gradient, taken back to the convolution's output
+        g = dyh[part]  # this slice's upstream gradient
         if relu_on_top:  # relu_backward of this slice
             g = g * maskh[part]
         if pool_cache is not None:  # maxpool2d_backward of this slice
@@ -542,7 +547,8 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
             _maxpool_backward_slice(g_pool, wins[:, part], g, pool_kernel, pool_stride)
         if maskh is not None and not relu_on_top:  # relu_backward of this slice, under the pooling
             np.multiply(g, maskh[part], out=g)
-        dy_mat = g.reshape(-1, c_out)  # free when g is channels-last
+        # the gradient at the convolution's output, one row per position (free: g is channels-last)
+        dy_mat = g.reshape(-1, c_out)
         # dW = sum over every output position of (its upstream gradient) x (receptive field);
         # with a bias, cols ends in a column of ones, and the last column of the product is
         # db = the column sums of dy_mat. (dy_mat.T @ cols is (cols.T @ dy_mat).T, in the
