@@ -572,22 +572,27 @@ def _threaded_sum_in_child():
 
 def test_an_error_in_one_thread_waits_for_the_others(monkeypatch):
     monkeypatch.setattr(F, "NUM_THREADS", 3)
-    done, writing = [], threading.Event()
+    started, done = [], []
+    writing, failing = threading.Event(), threading.Event()
 
-    def work(part):
+    def work(part):  # six slices of one item; each thread holds one of the first three
+        started.append(part.start)
         if part.start == 1:  # fails while another thread is still writing its slice
             assert writing.wait(10), "slice 2 never started"
+            failing.set()
             raise RuntimeError("boom")
         if part.start == 2:
             writing.set()
             time.sleep(0.2)
-        if part.start >= 3:  # nobody starts a slice after the error
-            assert not done or 2 not in done
+        if part.start == 0:  # ends after the error: its thread must not go on to slice 3
+            assert failing.wait(10), "slice 1 never started"
+            time.sleep(0.05)
         done.append(part.start)
 
     with pytest.raises(RuntimeError, match="boom"):
-        F.for_each_slice(work, 3, F.CHUNK_BYTES)
+        F.for_each_slice(work, 6, F.CHUNK_BYTES)
     assert sorted(done) == [0, 2]  # slice 2 had finished before the error reached the caller
+    assert sorted(started) == [0, 1, 2]  # and nobody started a slice after the error
 
 
 def test_every_slice_runs_once_whichever_thread_takes_it(monkeypatch):
