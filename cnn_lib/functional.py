@@ -238,7 +238,9 @@ def for_each_slice(work, n: int, bytes_per_item: int, parallel: bool | None = No
     touches under ``PARALLEL_MIN_BYTES`` (unless ``parallel`` says otherwise), or while
     another call is using the helper threads (another thread of the program, or ``work``
     itself calling for_each_slice), everything runs right here, in order. An error in any
-    thread reaches the caller once every thread has stopped.
+    thread reaches the caller once every thread has stopped. A Ctrl-C (Jupyter's stop button)
+    is raised at once; a helper thread still at work then finishes its slice and retires, and
+    the next call starts new ones.
 
     The threads take the slices one at a time, each the next one nobody has taken yet, and
     there are at least two per thread when the batch allows: a helper thread that wakes up
@@ -255,7 +257,8 @@ def for_each_slice(work, n: int, bytes_per_item: int, parallel: bool | None = No
             work(part)
         return
     todo, take = iter(parts), threading.Lock()
-    failed = []
+    failed = []  # not empty: stop taking slices
+    waited = False  # every helper handed a job has been waited for
 
     def run():
         while not failed:  # after an error, nobody starts another slice
@@ -281,10 +284,18 @@ def for_each_slice(work, n: int, bytes_per_item: int, parallel: bool | None = No
             finally:
                 # every thread is done with the outputs before anyone looks at them
                 errors = [helper.wait() for helper in helpers]
+                waited = True
             for error in errors:
                 if error is not None:
                     raise error  # an error from another thread
     finally:
+        if not waited:
+            # Interrupted (Ctrl-C, Jupyter's stop button) while handing out the work or waiting
+            # for it. A helper may still be at work, and its "done" would then wake the *next*
+            # call's wait() before that call's slices are finished. So: no more slices for
+            # these helpers, and new ones next time (these go to sleep for good when done).
+            failed.append(True)
+            _helpers.clear()
         _helpers_busy.release()
 
 

@@ -14,6 +14,7 @@ No timing is asserted anywhere: speed is measured by benchmarks/bench_training.p
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -593,6 +594,39 @@ def test_an_error_in_one_thread_waits_for_the_others(monkeypatch):
         F.for_each_slice(work, 6, F.CHUNK_BYTES)
     assert sorted(done) == [0, 2]  # slice 2 had finished before the error reached the caller
     assert sorted(started) == [0, 1, 2]  # and nobody started a slice after the error
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs signal.pthread_kill (POSIX)")
+def test_an_interrupt_while_waiting_for_a_helper_leaves_no_thread_out_of_step(monkeypatch):
+    # Ctrl-C (or Jupyter's stop button) while the main thread waits for a helper that is
+    # still at work. Every later call must still wait for all of its own slices.
+    monkeypatch.setattr(F, "NUM_THREADS", 2)
+    main = threading.main_thread()
+    assert threading.current_thread() is main
+
+    def work_with(helper_seconds, finished):
+        helper_has_one = threading.Event()
+
+        def work(part):  # four slices: the helper takes one, the main thread the others
+            if threading.current_thread() is main:
+                assert helper_has_one.wait(5), "the helper thread never took a slice"
+            else:
+                helper_has_one.set()
+                time.sleep(helper_seconds)
+            finished.append(part.start)
+
+        return work
+
+    timer = threading.Timer(0.1, signal.pthread_kill, (main.ident, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):  # the main thread is waiting for the helper by then
+        F.for_each_slice(work_with(0.3, []), 4, F.CHUNK_BYTES)
+    timer.join()
+
+    for _ in range(3):
+        finished = []
+        F.for_each_slice(work_with(0.05, finished), 4, F.CHUNK_BYTES)
+        assert sorted(finished) == [0, 1, 2, 3]  # every slice finished before the call returned
 
 
 def test_every_slice_runs_once_whichever_thread_takes_it(monkeypatch):
