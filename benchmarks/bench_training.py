@@ -8,7 +8,9 @@ Run from the repository root:
     python benchmarks/bench_training.py            # full run, ~6 minutes, writes benchmarks/RESULTS.md
     python benchmarks/bench_training.py --quick    # smoke run, ~1 minute, writes nothing by default
 
-Subsets: ``--nets lenet --batches 32,128 --dtypes float32 --impls fast,torch --no-layers --no-mnist``.
+Subsets: ``--nets lenet --batches 32,128 --dtypes float32 --impls fast,torch --no-layers --no-mnist
+--output /tmp/subset.md`` (without ``--output`` a run that is not ``--quick`` overwrites
+benchmarks/RESULTS.md).
 
 What is timed: one training step = forward + softmax cross-entropy + backward + plain SGD
 update, on real MNIST digits (the sample shipped in data/), float32 and float64, batch 1, 32
@@ -560,17 +562,26 @@ def _ratio(results, a, b):
 
 def machine_info():
     cpu = platform.processor() or "?"
-    flags = ""
+    flags, family, model, cache = "", "", "", ""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                if line.startswith("flags"):
-                    flags = line
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key == "model name":
+                    cpu = value
+                elif key == "cpu family":
+                    family = value
+                elif key == "model":
+                    model = value
+                elif key == "cache size":
+                    cache = value
+                elif key == "flags":
+                    flags = " " + value
                     break
     except OSError:
         pass
+    if family:  # model names of virtual machines are often vague ("AMD EPYC"); this is not
+        cpu += f" (cpu family {family}, model {model}" + (f", cache size {cache}" if cache else "") + ")"
     simd = [s for s in ("avx512f", "avx2", "fma") if f" {s}" in flags]
     mem = "?"
     try:
@@ -748,20 +759,31 @@ def build_report(args, results, info, mnist, machine, started, load, layers=None
     return "\n".join(lines)
 
 
+NETS, BATCHES, DTYPES = ("tutorial", "lenet"), ("1", "32", "128"), ("float32", "float64")
+IMPLS = ("fast", "torch", "fast_blas", "reference", "loops")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (a container or ``taskset`` can allow fewer than the
+    machine has): what cnn_lib starts one thread per."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, short blocks, MNIST subset")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="threads for cnn_lib, NumPy's BLAS and PyTorch (default: all cores)")
+    parser.add_argument("--threads", type=int, default=usable_cores(),
+                        help="threads for cnn_lib, NumPy's BLAS and PyTorch (default: the cores this "
+                             "process may use, as cnn_lib counts them)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 1)")
     parser.add_argument("--block", type=float, default=None,
                         help="seconds per measurement block (default 0.6, quick 0.15)")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds of pause between blocks")
-    parser.add_argument("--nets", default="tutorial,lenet", help="subset of: tutorial,lenet")
-    parser.add_argument("--batches", default="1,32,128", help="subset of: 1,32,128")
-    parser.add_argument("--dtypes", default="float32,float64", help="subset of: float32,float64")
-    parser.add_argument("--impls", default="fast,torch,fast_blas,reference,loops",
-                        help="subset of: fast,torch,fast_blas,reference,loops")
+    for name, allowed in (("nets", NETS), ("batches", BATCHES), ("dtypes", DTYPES), ("impls", IMPLS)):
+        parser.add_argument(f"--{name}", default=",".join(allowed), help=f"subset of: {','.join(allowed)}")
     parser.add_argument("--no-layers", action="store_true",
                         help="skip the layer-by-layer timing of the LeNet-style net")
     parser.add_argument("--no-mnist", action="store_true", help="skip the full-MNIST run")
@@ -774,8 +796,13 @@ def main(argv=None):
                              "none for --quick)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 7)
-    args.nets, args.dtypes, args.impls = (a.split(",") for a in (args.nets, args.dtypes, args.impls))
-    args.batches = [int(b) for b in args.batches.split(",")]
+    for name, allowed in (("nets", NETS), ("batches", BATCHES), ("dtypes", DTYPES), ("impls", IMPLS)):
+        chosen = getattr(args, name).split(",")
+        unknown = [c for c in chosen if c not in allowed]
+        if unknown:
+            parser.error(f"--{name}: unknown {', '.join(unknown)}; choose from {','.join(allowed)}")
+        setattr(args, name, chosen)
+    args.batches = [int(b) for b in args.batches]
     args.block = args.block or (0.15 if args.quick else 0.6)
     args.layer_rounds = 1 if args.quick else min(args.rounds, 5)
     # Every worker process inherits these; NumPy's OpenBLAS and PyTorch's OpenMP read them at start.

@@ -34,8 +34,10 @@ tricks; lesson 09 (coming) walks through them all:
   (:func:`conv2d_block_forward`, and ``relu_mask``/``pool_cache`` in :func:`conv2d_backward`):
   each slice of the batch goes through them while the convolution's output for that slice is
   still in the CPU cache, instead of in further passes over the whole batch from main memory.
-  :class:`cnn_lib.Sequential` does this by itself; the layers, their results and their
-  caches are the same as unfused.
+  With both, the block pools first and applies the ReLU to the pooled numbers (the two
+  commute, and the ReLU then has a quarter of the numbers to do). :class:`cnn_lib.Sequential`
+  does all this by itself. The results, and the caches of the convolution and the pooling,
+  are the same as unfused; a ReLU under a pooling keeps the smaller mask of the pooled output.
 * **Only what is needed.** The first layer of a network does not need dL/dx (nobody trains
   the images), so :func:`conv2d_backward` can skip it (``need_input_grad=False``). Caches keep
   the smallest thing backward needs: a convolution keeps its input, not ``cols`` (kH*kW times
@@ -95,15 +97,24 @@ def _window(i: int, j: int, stride, out_hw):
 CHUNK_BYTES = 4 << 20
 
 #: Matrix products with fewer multiply-adds than this run on one thread (:func:`matmul`): a
-#: product's time goes with its arithmetic, not with its bytes. 4 million is about 0.1 ms on
-#: one core here, twice what handing work to another thread costs.
+#: product's time goes with its arithmetic, not with its bytes. 4 million take about 0.1 ms
+#: on one core here in float32 (0.2 ms in float64); handing work to another thread and
+#: waiting for it to finish costs about 50 microseconds when that thread's core is awake.
 PARALLEL_MIN_MULTIPLY_ADDS = 4 << 20
 
 #: Work that touches fewer bytes than this is not worth handing to other threads: waking a
 #: thread and moving the data it made to the core that reads it next cost more than the
-#: work. Measured on the course's 2-core machines: the tutorial net's convolution at batch 32
-#: (1.6 MB) trains 20% slower on two threads, the LeNet-style net's first one (4 MB) 5% faster.
+#: work. Measured on the course's 2-core machines, before the conv blocks were fused: the
+#: tutorial net's convolution at batch 32 (1.6 MB) trained 20% slower on two threads, the
+#: LeNet-style net's first one (then counted as 4 MB) 5% faster. (Fused, the byte estimates of
+#: conv2d_block_forward put them at 1.6 and 7.4 MB; an 8 MB threshold, which keeps the latter
+#: on one thread, measured the same as this one: 1.005 times the step time, noise.)
 PARALLEL_MIN_BYTES = 2 << 20
+
+#: Inputs with fewer channels than this (the grey images of a first layer: C = 1) get their
+#: ``cols`` built one (tap, channel) at a time, as whole shifted images, instead of one kernel
+#: row of a window at a time: such a row is only kW*C numbers long, too short to copy fast.
+FEW_CHANNELS = 4
 
 
 def batch_slices(n: int, bytes_per_item: int, multiple_of: int = 1) -> list[slice]:
@@ -330,7 +341,7 @@ def im2col(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], out
     sh, sw = stride
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     cols = np.empty((n, ho, wo, kh, kw, c), dtype=xp.dtype) if out is None else out
-    if c < 4:
+    if c < FEW_CHANNELS:
         # Few channels: copy tap by tap, each copy moving whole image rows.
         for i, j in _taps(kh, kw):
             cols[:, :, :, i, j, :] = xp[_window(i, j, stride, (ho, wo))]
@@ -360,7 +371,7 @@ def cols_matrix(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]
     matrix product adds it too (forward), and in ``dy_mat.T @ cols`` the last column is the
     column sums of ``dy_mat``, dL/dbias (backward).
 
-    Many channels: ``im2col(...)`` reshaped. Few channels (C < 4, e.g. the first layer on
+    Many channels: ``im2col(...)`` reshaped. Few channels (C < FEW_CHANNELS, e.g. the first layer on
     grey images): a row of ``cols`` holds only kH*kW*C numbers, and filling it tap by tap
     writes C numbers at a time, far apart in memory. So it is built as its *transpose*,
     (kH*kW*C, N*H_out*W_out): one long row per (tap, channel), each copied in one go from the
@@ -373,7 +384,7 @@ def cols_matrix(xp: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]
     ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
     k, m = kh * kw * c, n * ho * wo
     width = k + 1 if ones else k
-    if c >= 4:
+    if c >= FEW_CHANNELS:
         cols = np.empty((m, width), dtype=xp.dtype)
         im2col(xp, kernel, stride, out=cols[:, :k].reshape(n, ho, wo, kh, kw, c))  # a view
         if ones:
@@ -402,7 +413,9 @@ def col2im(dcols: np.ndarray, padded_shape: tuple, stride: tuple[int, int]) -> n
 
 
 def add_tap_products(g_mat, wtaps, out, stride):
-    """``out += col2im(g_mat @ Wmat.T)``, computed one kernel tap at a time.
+    """``out += col2im(g_mat @ Wmat.T)``, computed one kernel tap at a time (``Wmat`` being
+    the kernel as a (kH*kW*C, K) matrix, ``wtaps.reshape(-1, K)``, and the product reshaped to
+    col2im's (n, H_out, W_out, kH, kW, C)).
 
     g_mat:   (n*H_out*W_out, K) one row per output position (K = the conv's C_out)
     wtaps:   (kH, kW, C, K)     the kernel, tap by tap
@@ -410,8 +423,9 @@ def add_tap_products(g_mat, wtaps, out, stride):
                                 added onto the sub-grid that tap read in the forward pass.
 
     Same numbers as ``col2im`` of the big product, but each tap's product is a contiguous
-    (n, H_out, W_out, C) block that is added in one go (runs of ``W_out*C`` numbers), and the
-    matrix ``g_mat @ Wmat.T``, ``kH*kW`` times larger than one tap's block, is never built.
+    (n, H_out, W_out, C) block that is added in one go (runs of ``W_out*C`` numbers at stride
+    1, of C numbers at larger strides), and the matrix ``g_mat @ Wmat.T``, ``kH*kW`` times
+    larger than one tap's block, is never built.
     """
     n, hp, wp, c = out.shape
     kh, kw = wtaps.shape[:2]
@@ -493,7 +507,7 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
     def work(part):
         cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride, ones=bias is not None)
         # the convolution's output: straight into y, or (a pooling follows) a scratch array
-        out = y[part] if pool is None else np.empty((len(cols) // (ho * wo), ho, wo, c_out), x.dtype)
+        out = y[part] if pool is None else np.empty((part.stop - part.start, ho, wo, c_out), x.dtype)
         np.matmul(cols, wmat, out=out.reshape(-1, c_out))  # bias included
         if pool is not None:  # the steps of maxpool2d_forward, on this slice
             _maxpool_slice(out, y[part], wins[:, part], pool_kernel, pool_stride)
@@ -505,10 +519,13 @@ def conv2d_block_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), relu=Fa
                 np.logical_or(wins[0, part], ~positive, out=wins[0, part])
                 np.logical_and(wins[1:, part], positive, out=wins[1:, part])
 
-    # the convolution's output, and with a ReLU one more array as big: its mask, or under a
-    # pooling the pooling's copies of its sub-grids (the slice sizes were measured so)
+    # Bytes per image, an estimate rather than an inventory: its cols, its input, and the
+    # convolution's output, counted twice with a ReLU. (An exact count would add the pooling's
+    # copies of its sub-grids, its winners and its output, and count a mask under a pooling at
+    # a quarter. CHUNK_BYTES and PARALLEL_MIN_BYTES were measured with this estimate; counting
+    # the pooling's copies would put the tutorial net's convolution at batch 32 over
+    # PARALLEL_MIN_BYTES, on two threads, where it trained 20% slower.)
     outputs = 2 if relu else 1
-    # bytes per image: its cols, its outputs and its input
     for_each_slice(work, n, (ho * wo * (k + outputs * c_out) + h * w * c_in) * x.itemsize)
     return (_nchw(y), (x, weight, bias is not None, stride, padding),
             (_nchw(mask) if relu else None),
@@ -558,19 +575,21 @@ def conv2d_backward(dy, cache, need_input_grad=True, relu_mask=None, pool_cache=
             _maxpool_backward_slice(g_pool, wins[:, part], g, pool_kernel, pool_stride)
         if maskh is not None and not relu_on_top:  # relu_backward of this slice, under the pooling
             np.multiply(g, maskh[part], out=g)
-        # the gradient at the convolution's output, one row per position (free: g is channels-last)
+        # the gradient at the convolution's output, one row per position (a view when g is
+        # channels-last in memory, as a pooling's backward makes it; otherwise reshape copies)
         dy_mat = g.reshape(-1, c_out)
         # dW = sum over every output position of (its upstream gradient) x (receptive field);
         # with a bias, cols ends in a column of ones, and the last column of the product is
         # db = the column sums of dy_mat. (dy_mat.T @ cols is (cols.T @ dy_mat).T, in the
         # layout of the weight, C_out first; for many input channels OpenBLAS computes it
-        # 10-20% faster: measured on the LeNet-style net's second convolution.)
+        # 10-20% faster than cols.T @ dy_mat: measured on the LeNet-style net's second
+        # convolution.)
         cols = cols_matrix(_padded_nhwc(x[part], ph, pw), (kh, kw), stride, ones=has_bias)
         partial[part.start] = dy_mat.T @ cols
         if need_input_grad:
             # dx: each output position sends dy * W back to the receptive field it read from;
             # into a padded scratch array for this slice, whose inside is this slice's dx
-            dxp = np.zeros((len(dy_mat) // (ho * wo), h + 2 * ph, w + 2 * pw, c_in), dtype=dy.dtype)
+            dxp = np.zeros((part.stop - part.start, h + 2 * ph, w + 2 * pw, c_in), dtype=dy.dtype)
             add_tap_products(dy_mat, wtaps, dxp, stride)
             dxh[part] = dxp[:, ph : ph + h, pw : pw + w, :]
 
@@ -663,7 +682,8 @@ def maxpool2d_forward(x, kernel, stride):
     def work(part):
         _maxpool_slice(xh[part], y[part], wins[:, part], kernel, stride)
 
-    for_each_slice(work, n, x[0].nbytes + y[0].nbytes + wins[:, 0].nbytes)  # bytes per image
+    # bytes per image: its input, its output, the copies of the kH*kW sub-grids and the winners
+    for_each_slice(work, n, x[0].nbytes + (1 + len(wins)) * y[0].nbytes + wins[:, 0].nbytes)
     return _nchw(y), (x.shape, wins, kernel, stride)
 
 
@@ -703,7 +723,12 @@ def maxpool2d_backward(dy, cache):
 
 
 def _maxpool_backward_slice(dyh, wins, dxh, kernel, stride):
-    """Send some images' dy (n, H_out, W_out, C) to the winners: into dxh (n, H, W, C)."""
+    """Send some images' dy (n, H_out, W_out, C) to the winners: into dxh (n, H, W, C).
+
+    ``wins`` stays boolean (a ReLU keeps its mask as 0.0/1.0 floats to multiply faster, see
+    :func:`relu_forward`): it holds kH*kW masks, so one byte a number instead of four or
+    eight matters more here, and each mask is multiplied only once.
+    """
     (kh, kw), (sh, sw) = kernel, stride
     overlap = sh < kh or sw < kw
     for t, (i, j) in enumerate(_taps(kh, kw)):

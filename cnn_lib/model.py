@@ -63,7 +63,8 @@ class Sequential(Layer):
             while i < len(self.layers):
                 layer = self.layers[i]
                 # a Conv2d and the ReLU and/or MaxPool2d after it, on the fast kernels, run as
-                # one pass (Conv2d.forward_fused: same results and caches, one trip to memory)
+                # one pass (Conv2d.forward_fused: the same results, one trip to memory; the
+                # caches are the unfused ones, except a smaller mask for a ReLU under a pooling)
                 block = layer.fusable(self.layers[i + 1 : i + 3]) if type(layer) is Conv2d else None
                 if block is not None:
                     x = layer.forward_fused(x, *block)

@@ -50,3 +50,14 @@ def test_quick_benchmark_writes_a_report(tmp_path):
     assert "| float32 | 32 |" in report
     assert "## Where the time goes" in report and "| conv2 |" in report
     assert out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--impls", "fast,pytorch", "--impls: unknown pytorch; choose from fast,torch,fast_blas,reference,loops"),
+    ("--batches", "32,64", "--batches: unknown 64; choose from 1,32,128"),
+])
+def test_a_misspelt_subset_is_refused_by_name(option, value, message):
+    # an unknown name would otherwise select nothing and give empty tables
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), option, value],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
