@@ -419,7 +419,7 @@ def _mnist_worker(path, epochs, batch, subset, conn):
     import resource
 
     from cnn_lib import SGD, SoftmaxCrossEntropy
-    from cnn_lib.data import iterate_minibatches, load_mnist
+    from cnn_lib.data import find_dataset_dir, iterate_minibatches, load_mnist
 
     def status_mb(field):
         with open("/proc/self/status") as f:
@@ -436,7 +436,12 @@ def _mnist_worker(path, epochs, batch, subset, conn):
         except OSError:
             return False
 
-    x_train, y_train, x_test, y_test = load_mnist("full", path=path, normalize="standard",
+    try:
+        folder = find_dataset_dir("mnist", path)
+    except FileNotFoundError as e:  # its message says where it looked and how to get the files
+        conn.send(("missing", str(e)))
+        return
+    x_train, y_train, x_test, y_test = load_mnist("full", path=folder, normalize="standard",
                                                   dtype=np.float32, subset=subset)
     model = cnn_lib_net("lenet", np.float32, seed=0)
     loss_fn = SoftmaxCrossEntropy()
@@ -455,8 +460,9 @@ def _mnist_worker(path, epochs, batch, subset, conn):
         reset_peak()
         return correct / len(y_test)
 
-    out = dict(n_train=len(y_train), n_test=len(y_test), batch=batch, eval_batch=eval_batch, lr=MNIST_LR,
-               momentum=MNIST_MOMENTUM, rss_after_load_mb=status_mb("VmRSS"), points=[], epochs=[],
+    out = dict(path=str(folder), n_train=len(y_train), n_test=len(y_test), batch=batch,
+               eval_batch=eval_batch, lr=MNIST_LR, momentum=MNIST_MOMENTUM,
+               rss_after_load_mb=status_mb("VmRSS"), points=[], epochs=[],
                peak_resets=reset_peak())
     n_batches = math.ceil(len(y_train) / batch)
     checkpoints = {n_batches // 4, n_batches // 2}  # two extra points in the first epoch
@@ -503,8 +509,12 @@ def _spawn(target, args, env):
 
 
 def run_mnist(args):
-    default = ROOT.parent / "shared" / "data" / "mnist"
-    path = args.mnist_dir or os.environ.get("CNN_LIB_MNIST_DIR") or str(default)
+    # --mnist-dir; else the course machines' copy next to the repository, when it is there;
+    # else (None) wherever load_mnist looks: $CNN_LIB_MNIST_DIR and the folder that
+    # `python -m cnn_lib.data download` fills
+    course_copy = ROOT.parent / "shared" / "data" / "mnist"
+    path = args.mnist_dir or (None if os.environ.get("CNN_LIB_MNIST_DIR") or not course_copy.is_dir()
+                              else str(course_copy))
     conn, child = mp.get_context("spawn").Pipe()
     subset = (2000, 1000) if args.quick else None
     # the same threads as the "cnn_lib fast" column
@@ -517,9 +527,10 @@ def run_mnist(args):
             continue
         break
     process.join(timeout=30)
+    if status == "missing":
+        raise FileNotFoundError(value)
     if status != "ok":
         raise RuntimeError(value)
-    value["path"] = path
     return value
 
 
@@ -789,8 +800,9 @@ def main(argv=None):
     parser.add_argument("--no-mnist", action="store_true", help="skip the full-MNIST run")
     parser.add_argument("--mnist-epochs", type=int, default=2)
     parser.add_argument("--mnist-dir", default=None,
-                        help="folder with the four MNIST IDX files (default: $CNN_LIB_MNIST_DIR, "
-                             "else ../shared/data/mnist next to the repository)")
+                        help="folder with the four MNIST IDX files (default: $CNN_LIB_MNIST_DIR, else "
+                             "../shared/data/mnist next to the repository, else the folder that "
+                             "`python -m cnn_lib.data download` fills)")
     parser.add_argument("--output", default=None,
                         help="markdown report to write (default: benchmarks/RESULTS.md for a full run, "
                              "none for --quick)")
@@ -834,7 +846,9 @@ def main(argv=None):
         print("full MNIST, cnn_lib fast, LeNet-style net:", flush=True)
         try:
             mnist = run_mnist(args)
-        except Exception as e:  # e.g. the data is not there: say so, keep the throughput results
+        except FileNotFoundError as e:  # no full MNIST here: say where to get it, keep the rest
+            print("  skipped: " + str(e).replace("\n", "\n  "), flush=True)
+        except Exception as e:  # keep the throughput results
             print(f"  skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
     load_after = os.getloadavg()[0]
     report = build_report(args, results, info, mnist, machine, started, (load_before, load_after), layers)
