@@ -512,9 +512,10 @@ def run_mnist(args):
     # --mnist-dir; else the course machines' copy next to the repository, when it is there;
     # else (None) wherever load_mnist looks: $CNN_LIB_MNIST_DIR and the folder that
     # `python -m cnn_lib.data download` fills
+    path = args.mnist_dir
     course_copy = ROOT.parent / "shared" / "data" / "mnist"
-    path = args.mnist_dir or (None if os.environ.get("CNN_LIB_MNIST_DIR") or not course_copy.is_dir()
-                              else str(course_copy))
+    if path is None and not os.environ.get("CNN_LIB_MNIST_DIR") and course_copy.is_dir():
+        path = str(course_copy)
     conn, child = mp.get_context("spawn").Pipe()
     subset = (2000, 1000) if args.quick else None
     # the same threads as the "cnn_lib fast" column
@@ -770,22 +771,16 @@ def build_report(args, results, info, mnist, machine, started, load, layers=None
     return "\n".join(lines)
 
 
-NETS, BATCHES, DTYPES = ("tutorial", "lenet"), ("1", "32", "128"), ("float32", "float64")
-IMPLS = ("fast", "torch", "fast_blas", "reference", "loops")
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (a container or ``taskset`` can allow fewer than the
-    machine has): what cnn_lib starts one thread per."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+# the options that choose a subset, and the names each accepts
+SUBSETS = {"nets": NETS, "batches": ("1", "32", "128"), "dtypes": ("float32", "float64"),
+           "impls": ("fast", "torch", "fast_blas", "reference", "loops")}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, short blocks, MNIST subset")
+    from cnn_lib.functional import usable_cores  # what cnn_lib starts one thread per
+
     parser.add_argument("--threads", type=int, default=usable_cores(),
                         help="threads for cnn_lib, NumPy's BLAS and PyTorch (default: the cores this "
                              "process may use, as cnn_lib counts them)")
@@ -793,7 +788,7 @@ def main(argv=None):
     parser.add_argument("--block", type=float, default=None,
                         help="seconds per measurement block (default 0.6, quick 0.15)")
     parser.add_argument("--pause", type=float, default=0.2, help="seconds of pause between blocks")
-    for name, allowed in (("nets", NETS), ("batches", BATCHES), ("dtypes", DTYPES), ("impls", IMPLS)):
+    for name, allowed in SUBSETS.items():
         parser.add_argument(f"--{name}", default=",".join(allowed), help=f"subset of: {','.join(allowed)}")
     parser.add_argument("--no-layers", action="store_true",
                         help="skip the layer-by-layer timing of the LeNet-style net")
@@ -808,7 +803,7 @@ def main(argv=None):
                              "none for --quick)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or (1 if args.quick else 7)
-    for name, allowed in (("nets", NETS), ("batches", BATCHES), ("dtypes", DTYPES), ("impls", IMPLS)):
+    for name, allowed in SUBSETS.items():
         chosen = getattr(args, name).split(",")
         unknown = [c for c in chosen if c not in allowed]
         if unknown:

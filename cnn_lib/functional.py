@@ -127,14 +127,20 @@ def batch_slices(n: int, bytes_per_item: int, multiple_of: int = 1) -> list[slic
     return [slice(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
-def _default_threads() -> int:
-    """CNN_LIB_NUM_THREADS if set, else one thread per core this process may use."""
-    if os.environ.get("CNN_LIB_NUM_THREADS"):
-        return max(1, int(os.environ["CNN_LIB_NUM_THREADS"]))
+def usable_cores() -> int:
+    """The cores this process may run on (a container or ``taskset`` can allow fewer than
+    the machine has)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+def _default_threads() -> int:
+    """CNN_LIB_NUM_THREADS if set, else one thread per core this process may use."""
+    if os.environ.get("CNN_LIB_NUM_THREADS"):
+        return max(1, int(os.environ["CNN_LIB_NUM_THREADS"]))
+    return usable_cores()
 
 
 #: Threads that work on different slices of a batch at the same time (see for_each_slice).

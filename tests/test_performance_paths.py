@@ -6,7 +6,8 @@
   reference whatever the slicing (forced here down to one image per slice).
 * A Conv2d followed by a ReLU and/or a MaxPool2d runs fused in Sequential (one pass) with
   the same outputs, caches and (up to rounding) gradients as the layers one after the other.
-* The helper threads: errors, nested and concurrent calls, forked processes, dynamic slices.
+* The helper threads: errors, Ctrl-C, nested and concurrent calls, forked processes, dynamic
+  slices.
 * float32 stays float32 everywhere.
 No timing is asserted anywhere: speed is measured by benchmarks/bench_training.py.
 """
