@@ -158,6 +158,7 @@ class CnnLibStep:
         x, y = self.batches[self.i % len(self.batches)]
         self.i += 1
         try:
+            self.opt.zero_grad()  # backward adds into grads (PyTorch's peer: zero_grad(set_to_none=True))
             self.loss.forward(self.model.forward(x), y)
             # the images need no gradient: the first layer skips dL/dx (PyTorch does the same)
             self.model.backward(self.loss.backward(), need_input_grad=False)
@@ -249,9 +250,9 @@ def _worker(kind, threads, conn):
                     torch_blas=next((line.strip(" -") for line in torch.__config__.show().splitlines()
                                      if "Math Kernel" in line or "OpenBLAS" in line), "?"))
     else:
-        from cnn_lib import functional
+        from cnn_lib import get_num_threads
 
-        info["cnn_lib_threads"] = functional.NUM_THREADS
+        info["cnn_lib_threads"] = get_num_threads()
     conn.send(info)
     steps = {}
     while True:
@@ -336,7 +337,7 @@ WORKER_OF = {"fast": "numpy", "reference": "numpy", "loops": "numpy", "fast_blas
 def fast_env(args, cnn_lib_threads=None):
     """Environment of a cnn_lib worker. By default cnn_lib's own setting: its threads, one per
     core, each running whole slices of the batch, with BLAS kept to one thread meanwhile
-    (cnn_lib.functional.single_threaded_blas)."""
+    (cnn_lib.kernels.fast.single_threaded_blas)."""
     t = str(args.threads)
     return {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": str(cnn_lib_threads or t)}
 
@@ -779,7 +780,7 @@ SUBSETS = {"nets": NETS, "batches": ("1", "32", "128"), "dtypes": ("float32", "f
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, short blocks, MNIST subset")
-    from cnn_lib.functional import usable_cores  # what cnn_lib starts one thread per
+    from cnn_lib.kernels.fast.threads import usable_cores  # what cnn_lib starts one thread per
 
     parser.add_argument("--threads", type=int, default=usable_cores(),
                         help="threads for cnn_lib, NumPy's BLAS and PyTorch (default: the cores this "

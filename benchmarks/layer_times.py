@@ -11,6 +11,8 @@ hand them on; PyTorch gets its default contiguous NCHW tensors, as in its traini
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 #: (name, input shape without the batch) in the order a training step meets them
@@ -47,9 +49,9 @@ class CnnLibLayer:
 
     def __init__(self, name, batch, dtype):
         from cnn_lib import SGD, SoftmaxCrossEntropy
-        from cnn_lib import functional as F
+        from cnn_lib.kernels import fast
 
-        self.F = F
+        self.fast = fast
         shape = dict(LAYERS)[name]
         self.name = name
         model, layers = _nets(dtype)
@@ -65,6 +67,8 @@ class CnnLibLayer:
                 p.layer.grads[p.key] = rng.standard_normal(p.value.shape).astype(dtype)
             self.opt = SGD(model.parameters(), lr=1e-9, momentum=0.9)
             self.opt.step()  # creates the momentum buffers, as after the first step
+            # every timed step reuses these gradients, on purpose: no "not cleared" warning
+            warnings.filterwarnings("ignore", message=r"SGD\.step\(\): the gradients")
         else:
             self.layer = layers[name]
             y = self.layer.forward(x)
@@ -76,14 +80,16 @@ class CnnLibLayer:
         if self.name == "sgd":
             self.opt.step()
             return
-        with self.F.single_threaded_blas():  # as inside Sequential
+        with self.fast.single_threaded_blas():  # as inside Sequential
             if self.name == "loss":
                 self.layer.forward(self.x, self.labels)
                 self.layer.backward()
             elif self.name == "conv1":
+                self.layer.zero_grad()
                 self.layer.forward(self.x)
                 self.layer.backward(self.dy, need_input_grad=False)
             else:
+                self.layer.zero_grad()
                 self.layer.forward(self.x)
                 self.layer.backward(self.dy)
 

@@ -1,11 +1,12 @@
 """cnn_lib: the small NumPy library of the CNN-backprop course.
 
-Every layer has a forward and a backward pass, a loop "reference" version that reads like
-the derivation and a vectorised "fast" one, and gradients you can check with
-:mod:`cnn_lib.gradcheck`.
+Every layer has a forward and a backward pass in three tiers of kernels
+(:mod:`cnn_lib.kernels`: loops that read like the derivation, the vectorized NumPy the lessons
+print, and a fast one), and gradients you can check with :mod:`cnn_lib.gradcheck`.
 """
 
 from .gradcheck import check_layer, numerical_gradient, relative_error
+from .kernels.fast import get_num_threads, set_num_threads
 from .layers import (
     AvgPool2d,
     Conv2d,
@@ -29,5 +30,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam", "AvgPool2d", "BCEWithLogits", "Conv2d", "ConvTranspose2d", "Flatten", "Layer",
     "LeakyReLU", "Linear", "MaxPool2d", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid",
-    "SoftmaxCrossEntropy", "Tanh", "check_layer", "numerical_gradient", "relative_error",
+    "SoftmaxCrossEntropy", "Tanh", "check_layer", "get_num_threads", "numerical_gradient",
+    "relative_error", "set_num_threads",
 ]

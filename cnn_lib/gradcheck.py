@@ -170,7 +170,8 @@ def check_layer(layer, x, *forward_args, params=None, h: float = 1e-6, tol: floa
     returns:       a :class:`GradCheckReport`; the layer's weights are left as they were.
 
     If forward returns a scalar (a loss), L is that scalar and backward is called with no
-    upstream gradient.
+    upstream gradient. A layer with ``zero_grad`` has it called before its backward (cnn_lib's
+    backward adds into ``grads``); a layer's ``buffers`` are restored after every forward pass.
     """
     fwd, bwd = getattr(layer, forward), getattr(layer, backward)
     name = getattr(layer, "name", None)
@@ -189,13 +190,27 @@ def check_layer(layer, x, *forward_args, params=None, h: float = 1e-6, tol: floa
             report.problems.append(f"parameter {name!r} is {value.dtype}: create the layer with "
                                    "dtype=np.float64 for a gradient check")
     saved = {name: value.copy() for name, value in params.items()}
+    # buffers (running statistics) change on every forward in training mode: each probe
+    # starts from the same ones, and the layer gets its own back at the end
+    buffers = dict(getattr(layer, "buffers", None) or {})
+    saved_buffers = {name: value.copy() for name, value in buffers.items()}
+
+    def restore_buffers():
+        for name, value in buffers.items():
+            value[...] = saved_buffers[name]
 
     def restore():
         for name, value in params.items():
             value[...] = saved[name]
+        restore_buffers()
+
+    def run_forward(x_in):
+        y = fwd(x_in, *forward_args)
+        restore_buffers()
+        return y
 
     try:
-        out = fwd(x.copy(), *forward_args)
+        out = run_forward(x.copy())
         if out is None:
             report.problems.append("forward returned None: it must return its output")
             return report
@@ -206,11 +221,13 @@ def check_layer(layer, x, *forward_args, params=None, h: float = 1e-6, tol: floa
             report.problems.append("forward produced NaN or inf")
 
         def loss(_=None):
-            y = fwd(x_work, *forward_args)
+            y = run_forward(x_work)
             return float(y) if scalar else float(np.sum(np.asarray(y, dtype=np.float64) * upstream))
 
         x_work = x.copy()
-        fwd(x_work, *forward_args)
+        run_forward(x_work)
+        if callable(getattr(layer, "zero_grad", None)):  # backward adds into grads: start at 0
+            layer.zero_grad()
         dx = bwd(*backward_args) if scalar else bwd(upstream.copy(), *backward_args)
 
         changed = [name for name, value in params.items() if not np.array_equal(value, saved[name])]

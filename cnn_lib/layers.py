@@ -1,30 +1,39 @@
 """Layers. Every layer speaks the same small protocol::
 
-    layer.params  : dict[str, np.ndarray]   e.g. {"weight": W, "bias": b}; empty for ReLU, pooling
-    layer.grads   : dict[str, np.ndarray]   same keys, written (overwritten) by backward()
+    layer.params   : dict[str, np.ndarray]  what an optimizer trains, e.g. {"weight": W, "bias": b}
+    layer.buffers  : dict[str, np.ndarray]  state that is saved but never trained (running
+                                            statistics); empty for most layers
+    layer.grads    : dict[str, np.ndarray]  dL/d(param), same keys as params, filled by backward
     y  = layer.forward(x)                   caches what backward needs
-    dx = layer.backward(dy)                 returns dL/dx (never None), fills layer.grads
+    dx = layer.backward(dy)                 returns dL/dx (never None), adds into layer.grads
+    layer.train() / layer.eval()            sets layer.training (dropout and batch norm care)
 
-``backward`` computes gradients and nothing else; an optimizer (:mod:`cnn_lib.optim`) changes
-the weights. Each call to ``backward`` *overwrites* ``grads`` (it does not add to them).
+**The gradient rule** (PyTorch's): ``backward`` *adds* its gradients into ``grads``, and
+``zero_grad()`` (of a layer, a model or an optimizer) clears them. So a training step is
+``zero_grad(); forward; backward; step``, and two backward passes before one step (a GAN's
+discriminator sees a real batch and a fake one) give the sum of their gradients, exactly as
+for one pass over both batches together. ``backward`` computes gradients and nothing else;
+only an optimizer (:mod:`cnn_lib.optim`) changes the weights.
 
-Each layer runs either its ``"fast"`` kernels (:mod:`cnn_lib.functional`) or its loop
-``"reference"`` kernels (:mod:`cnn_lib.reference`): set ``layer.impl``. Both give the same
-numbers; the reference ones read like the derivations.
+Each layer runs the kernels of the tier that ``layer.impl`` names (:mod:`cnn_lib.kernels`):
+``"fast"`` (the default), ``"vectorized"`` (what the lessons print) or ``"reference"`` (loops
+that read like the derivations). All three give the same numbers.
 
 Layout and names follow PyTorch: inputs ``(N, C, H, W)``, conv weights
-``(C_out, C_in, kH, kW)``, linear weights ``(out_features, in_features)``.
+``(C_out, C_in, kH, kW)``, transposed-conv weights ``(C_in, C_out, kH, kW)``, linear weights
+``(out_features, in_features)``.
 """
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from . import _checks
-from . import functional as F
-from . import reference as R
+from .kernels import TIERS, conv_output_hw, conv_transpose_output_hw
 
-IMPLEMENTATIONS = {"fast": F, "reference": R}
+IMPLEMENTATIONS = TIERS
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -40,7 +49,8 @@ class Parameter:
     """A handle on one entry of a layer's ``params``/``grads``, for optimizers.
 
     ``value`` is the parameter array itself (optimizers update it in place, so every
-    reference to it sees the change); ``grad`` is whatever the last ``backward`` wrote.
+    reference to it sees the change); ``grad`` is what the backward passes since the last
+    ``zero_grad()`` added up (None before the first).
     """
 
     __slots__ = ("layer", "key", "name")
@@ -56,20 +66,26 @@ class Parameter:
     def grad(self) -> np.ndarray | None:
         return self.layer.grads.get(self.key)
 
+    def zero_grad(self) -> None:
+        self.layer.grads.pop(self.key, None)
+
     def __repr__(self):
         return f"Parameter({self.name!r}, shape={self.value.shape}, dtype={self.value.dtype})"
 
 
 class Layer:
-    """Base class: holds ``params``, ``grads``, the forward cache and the implementation."""
+    """Base class: ``params``, ``buffers``, ``grads``, the training flag, the kernel tier,
+    and saving and loading of the state (params and buffers)."""
 
     #: True when ``backward(dy, need_input_grad=False)`` is supported: the layer then fills
-    #: ``grads`` without computing dL/dx and returns None (Conv2d, ConvTranspose2d, Sequential).
+    #: ``grads`` without computing dL/dx and returns None (the conv layers, Sequential).
     can_skip_input_grad = False
 
     def __init__(self):
         self.params: dict[str, np.ndarray] = {}
+        self.buffers: dict[str, np.ndarray] = {}
         self.grads: dict[str, np.ndarray] = {}
+        self.training = True
         self.impl = "fast"
         self._cache = None
 
@@ -100,11 +116,52 @@ class Layer:
     def backward(self, dy):
         raise NotImplementedError
 
+    def train(self, mode: bool = True):
+        """Training mode (``mode=True``, the default) or evaluation mode; returns the layer."""
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)``. Returns the layer."""
+        return self.train(False)
+
     def parameters(self) -> list[Parameter]:
         return [Parameter(self, key, key) for key in self.params]
 
     def zero_grad(self) -> None:
-        self.grads = {key: np.zeros_like(value) for key, value in self.params.items()}
+        """Clear the gradients: the next backward starts from nothing."""
+        self.grads.clear()
+
+    # saving and loading ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """A copy of every parameter and buffer, by name."""
+        return {name: value.copy() for name, value in {**self.params, **self.buffers}.items()}
+
+    def load_state_dict(self, state) -> None:
+        """Copy arrays into the parameters and buffers in place; all names and shapes are
+        checked first, so a mismatch leaves the layer untouched."""
+        own = {**self.params, **self.buffers}
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise KeyError(f"state does not match {self.name}: missing {missing}, unexpected {unexpected}")
+        for name, value in own.items():
+            if np.shape(state[name]) != value.shape:
+                raise ValueError(f"state[{name!r}] has shape {np.shape(state[name])}, "
+                                 f"the {self.name}'s array has {value.shape}")
+        for name, value in own.items():
+            np.copyto(value, state[name], casting="same_kind")
+
+    def save(self, path) -> None:
+        """Save the parameters and buffers to a ``.npz`` file (plain arrays, no pickle)."""
+        path = os.fspath(path)
+        with open(path, "wb") as f:  # an open file keeps np.savez from appending ".npz"
+            np.savez(f, **self.state_dict())
+
+    def load(self, path) -> None:
+        """Load what :meth:`save` saved (never unpickles anything)."""
+        with np.load(os.fspath(path), allow_pickle=False) as data:
+            self.load_state_dict({name: data[name] for name in data.files})
 
     # helpers shared by the subclasses -------------------------------------------------
     def _cast(self, key, x):
@@ -118,10 +175,17 @@ class Layer:
         _checks.upstream(dy, y_shape, self.name)
         return kernels, cache
 
-    def _store(self, **grads):
+    def add_grads(self, **grads) -> None:
+        """Add gradients into ``grads`` (the gradient rule above), each in its parameter's
+        dtype; None values and keys that are not parameters are ignored."""
         for key, grad in grads.items():
-            if key in self.params:
-                self.grads[key] = grad.astype(self.params[key].dtype, copy=False)
+            if key not in self.params or grad is None:
+                continue
+            grad = grad.astype(self.params[key].dtype, copy=False)
+            if key in self.grads:
+                self.grads[key] += grad
+            else:
+                self.grads[key] = grad  # kernels return new arrays: this one is ours to keep
 
     def extra_repr(self) -> str:
         return ""
@@ -151,189 +215,136 @@ def _init_weights(layer, init, rng, w_shape, b_shape, fan_in, bias, dtype):
         raise ValueError(f"init must be 'uniform' or 'he', got {init!r}")
 
 
-class Conv2d(Layer):
+class _ConvBase(Layer):
+    """What Conv2d and ConvTranspose2d share: hyper-parameters, weights, backward, repr.
+
+    The two are one operation seen from its two sides: a ConvTranspose2d's forward is a
+    Conv2d's input gradient, and its backward a Conv2d's forward (lesson 11). Their weights
+    differ only in the order of the channel axes: ``(C_out, C_in, kH, kW)`` for Conv2d,
+    ``(C_in, C_out, kH, kW)`` for ConvTranspose2d (PyTorch's layouts, so weights transfer).
+    """
+
+    can_skip_input_grad = True
+    transposed = False
+    op = ""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, bias=True, rng=None, dtype=np.float32, init="uniform"):
+        super().__init__()
+        self.in_channels = _checks.positive_int(in_channels, "in_channels")
+        self.out_channels = _checks.positive_int(out_channels, "out_channels")
+        self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
+        self.stride = _checks.pair(stride, "stride", minimum=1)
+        self.padding = _checks.pair(padding, "padding", minimum=0)
+        self.output_padding = _checks.pair(output_padding, "output_padding", minimum=0)
+        if any(op >= s for op, s in zip(self.output_padding, self.stride)):
+            raise ValueError(f"{self.name}: output_padding must be smaller than stride, got "
+                             f"output_padding={self.output_padding} with stride={self.stride} "
+                             "(it picks one of the stride sizes a strided convolution maps onto "
+                             "the same output size)")
+        kh, kw = self.kernel_size
+        if self.transposed:
+            # PyTorch computes fan_in from weight.shape[1] * kH * kW for transposed convs too.
+            w_shape, fan_in = (in_channels, out_channels, kh, kw), out_channels * kh * kw
+        else:
+            w_shape, fan_in = (out_channels, in_channels, kh, kw), in_channels * kh * kw
+        _init_weights(self, init, rng, w_shape, (out_channels,), fan_in, bias, dtype)
+
+    def output_shape(self, input_shape) -> tuple[int, int, int, int]:
+        """The shape of ``forward``'s output for an input of ``input_shape`` (N, C_in, H, W)."""
+        n, _, h, w = input_shape
+        if self.transposed:
+            hw = conv_transpose_output_hw((h, w), self.kernel_size, self.stride, self.padding,
+                                          self.output_padding)
+        else:
+            hw = conv_output_hw((h, w), self.kernel_size, self.stride, self.padding)
+        return (n, self.out_channels, *hw)
+
+    def check_input(self, x):
+        """Raise a clear error unless ``forward(x)`` can run (changes nothing)."""
+        _checks.float_array(x, "x", self.name, ndim=4, layout="(N, C_in, H, W)")
+        _checks.channels(x, self.in_channels, self.name)
+        _, _, ho, wo = self.output_shape(x.shape)
+        if ho < 1 or wo < 1:
+            (kh, kw), (h, w) = self.kernel_size, x.shape[2:]
+            if self.transposed:
+                raise ValueError(f"{self.name}: padding {self.padding} crops the whole output "
+                                 f"({ho}x{wo}) for input {h}x{w}")
+            raise ValueError(
+                f"{self.name}: kernel {kh}x{kw} is larger than the padded input "
+                f"{h + 2 * self.padding[0]}x{w + 2 * self.padding[1]} "
+                f"(input {h}x{w} plus padding {self.padding} on each side)")
+
+    def conv_args(self, x):
+        """The arguments after x of this layer's forward kernel (the weights in x's dtype)."""
+        args = (self._cast("weight", x), self._cast("bias", x), self.stride, self.padding)
+        return args + (self.output_padding,) if self.transposed else args
+
+    def forward(self, x):
+        self.check_input(x)
+        y, cache = getattr(self._k, f"{self.op}_forward")(x, *self.conv_args(x))
+        self._cache = (self._k, cache, y.shape)
+        return y
+
+    def backward(self, dy, need_input_grad=True):
+        """Add dL/dweight and dL/dbias into ``grads`` and return dL/dx. With
+        ``need_input_grad=False`` dL/dx is not computed and None is returned
+        (``Sequential.backward`` uses it for a network's first layer)."""
+        kernels, cache = self._start_backward(dy)
+        dx, dweight, dbias = getattr(kernels, f"{self.op}_backward")(dy, cache, need_input_grad)
+        self.add_grads(weight=dweight, bias=dbias)
+        return dx if need_input_grad else None
+
+    def extra_repr(self):
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}")
+        if self.transposed and any(self.output_padding):
+            text += f", output_padding={self.output_padding}"
+        return text + f", bias={'bias' in self.params}"
+
+
+class Conv2d(_ConvBase):
     """2-D convolution (cross-correlation, as in every deep-learning library).
 
     Conv2d(in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
            rng=None, dtype=np.float32, init="uniform")
 
-    x: (N, C_in, H, W) -> y: (N, C_out, H_out, W_out),
-    H_out = floor((H + 2*padding - kH) / stride) + 1 (likewise W_out).
-    params: weight (C_out, C_in, kH, kW), bias (C_out,).
+    Shape:
+        x: (N, C_in, H, W) -> y: (N, C_out, H_out, W_out) with
+        H_out = floor((H + 2*padding[0] - kernel_size[0]) / stride[0]) + 1
+        W_out = floor((W + 2*padding[1] - kernel_size[1]) / stride[1]) + 1
+        params: weight (C_out, C_in, kH, kW), bias (C_out,)
     """
 
-    can_skip_input_grad = True
+    op = "conv2d"
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  rng=None, dtype=np.float32, init="uniform"):
-        super().__init__()
-        self.in_channels = _checks.positive_int(in_channels, "in_channels")
-        self.out_channels = _checks.positive_int(out_channels, "out_channels")
-        self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
-        self.stride = _checks.pair(stride, "stride", minimum=1)
-        self.padding = _checks.pair(padding, "padding", minimum=0)
-        kh, kw = self.kernel_size
-        _init_weights(self, init, rng, (out_channels, in_channels, kh, kw), (out_channels,),
-                      in_channels * kh * kw, bias, dtype)
-
-    def output_shape(self, input_shape):
-        n, _, h, w = input_shape
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        return (n, self.out_channels, F.output_size(h, kh, sh, ph), F.output_size(w, kw, sw, pw))
-
-    def _check_input(self, x):
-        _checks.float_array(x, "x", self.name, ndim=4, layout="(N, C_in, H, W)")
-        _checks.channels(x, self.in_channels, self.name)
-        (kh, kw), (ph, pw) = self.kernel_size, self.padding
-        h, w = x.shape[2] + 2 * ph, x.shape[3] + 2 * pw
-        if kh > h or kw > w:
-            raise ValueError(
-                f"{self.name}: kernel {kh}x{kw} is larger than the padded input {h}x{w} "
-                f"(input {x.shape[2]}x{x.shape[3]} plus padding {self.padding} on each side)"
-            )
-
-    def forward(self, x):
-        self._check_input(x)
-        y, cache = self._k.conv2d_forward(x, self._cast("weight", x), self._cast("bias", x),
-                                          self.stride, self.padding)
-        self._cache = (self._k, cache, y.shape)
-        return y
-
-    def backward(self, dy, need_input_grad=True):
-        """Fill ``grads`` and return dL/dx. With ``need_input_grad=False`` dL/dx is not
-        computed and None is returned (``Sequential.backward`` uses it for a first layer)."""
-        kernels, cache = self._start_backward(dy)
-        if need_input_grad or kernels is not F:  # (the reference loops always compute dx)
-            dx, dweight, dbias = kernels.conv2d_backward(dy, cache)
-        else:
-            dx, dweight, dbias = F.conv2d_backward(dy, cache, need_input_grad=False)
-        self._store(weight=dweight, bias=dbias)
-        return dx if need_input_grad else None
-
-    # Fused with the ReLU and/or the MaxPool2d that follow (Sequential does this for the fast
-    # kernels): the same results (backward: up to rounding) as
-    # ``pool.forward(relu.forward(self.forward(x)))`` and the backward passes one after the
-    # other, in one pass over the batch instead of two or three. Each layer keeps what its own
-    # forward would have kept, except a ReLU under a pooling, which keeps the smaller mask of
-    # the pooled output (see MaskAfterPooling); each layer's own backward still works.
-
-    def forward_fused(self, x, relu: ReLU | None = None, pool: MaxPool2d | None = None):
-        """``pool.forward(relu.forward(self.forward(x)))`` in one pass, with ``relu`` or
-        ``pool`` None to leave that layer out (fast kernels only: see :meth:`fusable`).
-        Neither checks its input for NaN or inf on its own here: the next layer checks the
-        block's output."""
-        self._check_input(x)
-        conv_shape = self.output_shape(x.shape)
-        if pool is not None:
-            pool._check_window(conv_shape)
-        conv_args = (x, self._cast("weight", x), self._cast("bias", x), self.stride, self.padding)
-        y, cache, mask, pool_cache = F.conv2d_block_forward(
-            *conv_args, relu=relu is not None,
-            pool=None if pool is None else (pool.kernel_size, pool.stride))
-        self._cache = (F, cache, conv_shape)
-        if relu is not None:
-            relu._cache = (F, mask if pool is None else MaskAfterPooling(mask, conv_args), conv_shape)
-        if pool is not None:
-            pool._cache = (F, pool_cache, y.shape)
-        return y
-
-    def backward_fused(self, dy, relu: ReLU | None = None, pool: MaxPool2d | None = None,
-                       need_input_grad=True):
-        """The backward passes of ``pool``, ``relu`` and this layer in one pass (either of the
-        first two may be None); ``need_input_grad`` as in :meth:`backward`. Every forward
-        pass must have run with the fast kernels (see :meth:`fusable_backward`)."""
-        top = pool if pool is not None else relu
-        _checks.forward_called(self._cache, self.name)
-        if relu is not None:
-            _checks.forward_called(relu._cache, relu.name)
-        _, top_cache = top._start_backward(dy)  # checks dy against the block's output
-        relu_mask = None if relu is None else relu._cache[1]
-        if isinstance(relu_mask, MaskAfterPooling):
-            relu_mask = relu_mask.pooled if pool is not None else relu_mask.full()
-        dx, dweight, dbias = F.conv2d_backward(
-            dy, self._cache[1], need_input_grad, relu_mask=relu_mask,
-            pool_cache=None if pool is None else top_cache)
-        self._store(weight=dweight, bias=dbias)
-        return dx if need_input_grad else None
-
-    def fusable(self, after) -> tuple[ReLU | None, MaxPool2d | None] | None:
-        """Which of the layers ``after`` this one can run fused with it (:meth:`forward_fused`):
-        ``(relu, pool)`` for a ReLU and/or a MaxPool2d that come next, in that order (either
-        may be None), or None when none can. Every layer involved must run the fast kernels."""
-        if self.impl != "fast":
-            return None
-        after = list(after)[:2]
-        relu = pool = None
-        if after and type(after[0]) is ReLU:
-            if after[0].impl != "fast":
-                return None
-            relu = after.pop(0)
-        if after and type(after[0]) is MaxPool2d and after[0].impl == "fast":
-            pool = after[0]
-        return None if relu is None and pool is None else (relu, pool)
-
-    def fusable_backward(self, relu: ReLU | None, pool: MaxPool2d | None) -> bool:
-        """Were the caches of this layer and of ``relu`` and ``pool`` (either may be None) all
-        made by the fast kernels (the reference ReLU keeps x, not a mask)?"""
-        return all(layer is None or (layer._cache is not None and layer._cache[0] is F)
-                   for layer in (self, relu, pool))
-
-    def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, bias={'bias' in self.params}")
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, 0, bias, rng,
+                         dtype, init)
 
 
-class ConvTranspose2d(Layer):
+class ConvTranspose2d(_ConvBase):
     """Transposed convolution: the backward pass of a Conv2d, used as a forward pass.
 
-    It upsamples (the generator of a GAN uses it). For the same settings it maps a
-    Conv2d's output shape back to its input shape.
+    ConvTranspose2d(in_channels, out_channels, kernel_size, stride=1, padding=0,
+                    output_padding=0, bias=True, rng=None, dtype=np.float32, init="uniform")
 
-    x: (N, C_in, H, W) -> y: (N, C_out, (H-1)*stride - 2*padding + kH, ...).
-    params: weight (C_in, C_out, kH, kW) (PyTorch's layout), bias (C_out,).
+    It upsamples (the generator of a GAN uses it). For the same kernel_size, stride and
+    padding it maps a Conv2d's output shape back to its input shape; where a strided Conv2d
+    maps several input sizes onto one output size, ``output_padding`` (0 <= output_padding <
+    stride, PyTorch's meaning) says which: it adds that many rows (columns) at the bottom
+    (right) of the output.
+
+    Shape:
+        x: (N, C_in, H, W) -> y: (N, C_out, H_out, W_out) with
+        H_out = (H - 1)*stride[0] - 2*padding[0] + kernel_size[0] + output_padding[0]
+        W_out = (W - 1)*stride[1] - 2*padding[1] + kernel_size[1] + output_padding[1]
+        params: weight (C_in, C_out, kH, kW) (PyTorch's layout), bias (C_out,)
     """
 
-    can_skip_input_grad = True
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 rng=None, dtype=np.float32, init="uniform"):
-        super().__init__()
-        self.in_channels = _checks.positive_int(in_channels, "in_channels")
-        self.out_channels = _checks.positive_int(out_channels, "out_channels")
-        self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
-        self.stride = _checks.pair(stride, "stride", minimum=1)
-        self.padding = _checks.pair(padding, "padding", minimum=0)
-        kh, kw = self.kernel_size
-        # PyTorch computes fan_in from weight.shape[1] * kH * kW for transposed convs too.
-        _init_weights(self, init, rng, (in_channels, out_channels, kh, kw), (out_channels,),
-                      out_channels * kh * kw, bias, dtype)
-
-    def forward(self, x):
-        _checks.float_array(x, "x", self.name, ndim=4, layout="(N, C_in, H, W)")
-        _checks.channels(x, self.in_channels, self.name)
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
-        ho, wo = (x.shape[2] - 1) * sh - 2 * ph + kh, (x.shape[3] - 1) * sw - 2 * pw + kw
-        if ho < 1 or wo < 1:
-            raise ValueError(f"{self.name}: padding {self.padding} crops the whole output "
-                             f"({ho}x{wo}) for input {x.shape[2]}x{x.shape[3]}")
-        y, cache = self._k.conv_transpose2d_forward(
-            x, self._cast("weight", x), self._cast("bias", x), self.stride, self.padding)
-        self._cache = (self._k, cache, y.shape)
-        return y
-
-    def backward(self, dy, need_input_grad=True):
-        """Fill ``grads`` and return dL/dx (None, and not computed, if ``need_input_grad=False``)."""
-        kernels, cache = self._start_backward(dy)
-        if need_input_grad or kernels is not F:  # (the reference loops always compute dx)
-            dx, dweight, dbias = kernels.conv_transpose2d_backward(dy, cache)
-        else:
-            dx, dweight, dbias = F.conv_transpose2d_backward(dy, cache, need_input_grad=False)
-        self._store(weight=dweight, bias=dbias)
-        return dx if need_input_grad else None
-
-    def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, bias={'bias' in self.params}")
+    transposed = True
+    op = "conv_transpose2d"
 
 
 class _Pool2d(Layer):
@@ -344,15 +355,18 @@ class _Pool2d(Layer):
         self.kernel_size = _checks.pair(kernel_size, "kernel_size", minimum=1)
         self.stride = self.kernel_size if stride is None else _checks.pair(stride, "stride", minimum=1)
 
-    def _check_window(self, x_shape):
+    def output_shape(self, input_shape) -> tuple[int, int, int, int]:
+        """The shape of ``forward``'s output for an input of ``input_shape`` (N, C, H, W);
+        a clear error if the window does not fit."""
         kh, kw = self.kernel_size
-        if kh > x_shape[2] or kw > x_shape[3]:
+        if kh > input_shape[2] or kw > input_shape[3]:
             raise ValueError(f"{self.name}: window {kh}x{kw} is larger than the input "
-                             f"{x_shape[2]}x{x_shape[3]}")
+                             f"{input_shape[2]}x{input_shape[3]}")
+        return (*input_shape[:2], *conv_output_hw(input_shape[2:], self.kernel_size, self.stride))
 
     def forward(self, x):
         _checks.float_array(x, "x", self.name, ndim=4, layout="(N, C, H, W)")
-        self._check_window(x.shape)
+        self.output_shape(x.shape)
         y, cache = getattr(self._k, f"{self.op}_forward")(x, self.kernel_size, self.stride)
         self._cache = (self._k, cache, y.shape)
         return y
@@ -368,7 +382,12 @@ class _Pool2d(Layer):
 class MaxPool2d(_Pool2d):
     """Max pooling: y = max over each kH x kW window, windows ``stride`` apart (no padding).
 
-    x: (N, C, H, W) -> y: (N, C, floor((H - kH)/sH) + 1, floor((W - kW)/sW) + 1).
+    MaxPool2d(kernel_size, stride=None)   (stride None: = kernel_size, windows that tile)
+
+    Shape:
+        x: (N, C, H, W) -> y: (N, C, H_out, W_out) with
+        H_out = floor((H - kernel_size[0]) / stride[0]) + 1, likewise W_out
+
     Rows/columns that no window reaches (stride does not tile H) get zero gradient.
     Backward sends each window's gradient to exactly one input: its maximum, and on a tie
     the first maximal element in row-major order (MNIST's flat zero background ties a lot).
@@ -379,7 +398,10 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
-    """Average pooling: y = mean over each window; backward spreads dy / (kH*kW) evenly."""
+    """Average pooling: y = mean over each window; backward spreads dy / (kH*kW) evenly.
+
+    AvgPool2d(kernel_size, stride=None); shapes as for :class:`MaxPool2d`.
+    """
 
     op = "avgpool2d"
 
@@ -387,8 +409,11 @@ class AvgPool2d(_Pool2d):
 class Linear(Layer):
     """Fully connected layer: y = x W^T + b.
 
-    x: (N, in_features) -> y: (N, out_features).
-    params: weight (out_features, in_features), bias (out_features,).
+    Linear(in_features, out_features, bias=True, rng=None, dtype=np.float32, init="uniform")
+
+    Shape:
+        x: (N, in_features) -> y: (N, out_features)
+        params: weight (out_features, in_features), bias (out_features,)
     """
 
     def __init__(self, in_features, out_features, bias=True, rng=None, dtype=np.float32,
@@ -413,7 +438,7 @@ class Linear(Layer):
     def backward(self, dy):
         kernels, cache = self._start_backward(dy)
         dx, dweight, dbias = kernels.linear_backward(dy, cache)
-        self._store(weight=dweight, bias=dbias)
+        self.add_grads(weight=dweight, bias=dbias)
         return dx
 
     def extra_repr(self):
@@ -457,35 +482,6 @@ class ReLU(_Activation):
     """y = max(x, 0); dx = dy where x > 0, else 0 (the derivative at exactly 0 is taken as 0)."""
 
     op = "relu"
-
-    def backward(self, dy):
-        kernels, cache = self._start_backward(dy)
-        if isinstance(cache, MaskAfterPooling):  # it ran fused under a pooling: rebuild its mask
-            cache = cache.full()
-        return kernels.relu_backward(dy, cache)
-
-
-class MaskAfterPooling:
-    """What a ReLU keeps when it ran fused between a Conv2d and a MaxPool2d
-    (:meth:`Conv2d.forward_fused`, which pools first and applies the ReLU to the pooled
-    numbers: the two commute, see :func:`cnn_lib.functional.conv2d_block_forward`).
-
-    ``pooled`` is the ReLU's 0/1 mask of the *pooled* output: all that the fused backward
-    needs, a quarter of the numbers with 2x2 windows. The mask that ``ReLU.forward`` would
-    have kept, of the convolution's output, is never made; should the ReLU's own backward be
-    called, :meth:`full` rebuilds it by running the convolution again on the input and the
-    parameters it had (like the Conv2d's backward, it assumes that the weights have not been
-    changed in between).
-    """
-
-    __slots__ = ("pooled", "conv_args")
-
-    def __init__(self, pooled: np.ndarray, conv_args: tuple):
-        self.pooled, self.conv_args = pooled, conv_args  # conv_args: x, weight, bias, stride, padding
-
-    def full(self) -> np.ndarray:
-        y, _ = F.conv2d_forward(*self.conv_args)
-        return F.relu_forward(y)[1]
 
 
 class LeakyReLU(_Activation):

@@ -11,8 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _checks
-from . import functional as F
-from .layers import IMPLEMENTATIONS
+from .kernels import TIERS, vectorized
 
 
 def check_labels(labels, n: int, k: int, where: str) -> np.ndarray:
@@ -49,9 +48,9 @@ class SoftmaxCrossEntropy:
     def forward(self, logits, labels):
         _checks.float_array(logits, "logits", "SoftmaxCrossEntropy", ndim=2, layout="(N, K)")
         labels = check_labels(labels, *logits.shape, "SoftmaxCrossEntropy")
-        loss, dlogits = IMPLEMENTATIONS[self.impl].softmax_cross_entropy(logits, labels)
+        loss, dlogits = TIERS[self.impl].softmax_cross_entropy(logits, labels)
         self._cache = dlogits
-        self.probs = F.softmax(logits)
+        self.probs = vectorized.softmax(logits)
         return loss
 
     __call__ = forward
@@ -82,7 +81,7 @@ class BCEWithLogits:
             raise ValueError("BCEWithLogits: targets must lie in [0, 1]")
         z = logits
         loss = np.mean(np.maximum(z, 0) - z * targets + np.log1p(np.exp(-np.abs(z))))
-        self._cache = (F.sigmoid(z) - targets) / z.size
+        self._cache = (vectorized.sigmoid(z) - targets) / z.size
         return float(loss)
 
     __call__ = forward

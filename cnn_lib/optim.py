@@ -1,12 +1,20 @@
 """Optimizers: the only code that changes weights.
 
     opt = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt.zero_grad()                              # backward adds into grads: start from zero
     loss = loss_fn.forward(model.forward(x), y)
     model.backward(loss_fn.backward())
     opt.step()
+
+``step()`` uses the gradients that the backward passes since the last ``zero_grad()`` added
+up (see the gradient rule in :mod:`cnn_lib.layers`). A step that finds the very gradients of
+the step before it, not cleared in between, warns: that is a forgotten ``zero_grad()``, and
+every step would then follow the sum of all the gradients so far.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -19,6 +27,7 @@ class Optimizer:
         if not (isinstance(lr, (int, float)) and lr > 0):
             raise ValueError(f"{type(self).__name__}: lr must be a positive number, got {lr!r}")
         self.lr = float(lr)
+        self._last_grads = [None] * len(self.parameters)  # the arrays the last step used
 
     def _grads(self):
         """Check every gradient before touching any weight (all-or-nothing updates)."""
@@ -34,11 +43,21 @@ class Optimizer:
                 raise FloatingPointError(f"gradient for {p.name!r} contains NaN or inf; "
                                          "the weights were not updated (try a smaller lr)")
             grads.append(g)
+        stale = [p.name for p, g, last in zip(self.parameters, grads, self._last_grads) if g is last]
+        if stale:
+            warnings.warn(
+                f"{type(self).__name__}.step(): the gradients of {stale[:3]}"
+                f"{' and others' if len(stale) > 3 else ''} were not cleared since the last step, "
+                "so this step follows the sum of this and earlier steps' gradients. backward adds "
+                "into grads: call opt.zero_grad() (or model.zero_grad()) before each backward.",
+                stacklevel=3)
+        self._last_grads = grads
         return grads
 
     def zero_grad(self):
+        """Clear the gradients of every parameter (the next backward starts from nothing)."""
         for p in self.parameters:
-            p.layer.grads[p.key] = np.zeros_like(p.value)
+            p.zero_grad()
 
 
 class SGD(Optimizer):

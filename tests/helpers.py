@@ -30,25 +30,28 @@ def separated(rng: np.random.Generator, shape, spacing=0.01) -> np.ndarray:
 
 @st.composite
 def conv_configs(draw, transpose=False):
-    """A random but valid convolution: batch, channels, kernel 1-5, stride 1-3, padding 0-2."""
+    """A random but valid convolution: batch 1-3, channels 1-6 (both sides of the fast
+    kernels' FEW_CHANNELS = 4), kernel 1-5, stride 1-3, padding 0-2, and for a transposed
+    convolution output_padding 0 .. stride - 1."""
     n = draw(st.integers(1, 3))
-    c_in = draw(st.integers(1, 3))
-    c_out = draw(st.integers(1, 3))
+    c_in = draw(st.integers(1, 6))
+    c_out = draw(st.integers(1, 6))
     kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
     if transpose:
-        # output (H-1)*s - 2p + k must be >= 1
+        # output (H-1)*s - 2p + k (+ output_padding) must be >= 1
         h = draw(st.integers(max(1, (2 * ph - kh) // sh + 2), 6))
         w = draw(st.integers(max(1, (2 * pw - kw) // sw + 2), 6))
     else:
         # the kernel must fit the padded input
         h = draw(st.integers(max(1, kh - 2 * ph), kh + 5))
         w = draw(st.integers(max(1, kw - 2 * pw), kw + 5))
+    output_padding = (draw(st.integers(0, sh - 1)), draw(st.integers(0, sw - 1))) if transpose else (0, 0)
     bias = draw(st.booleans())
     seed = draw(st.integers(0, 2**16))
     return dict(n=n, c_in=c_in, c_out=c_out, kernel=(kh, kw), stride=(sh, sw),
-                padding=(ph, pw), h=h, w=w, bias=bias, seed=seed)
+                padding=(ph, pw), output_padding=output_padding, h=h, w=w, bias=bias, seed=seed)
 
 
 @st.composite

@@ -1,5 +1,5 @@
 """Every layer's backward pass against finite differences (float64), over many generated
-configurations, and the loop reference against the fast kernels (to 1e-10)."""
+configurations, and the three kernel tiers against each other (to 1e-10)."""
 
 from __future__ import annotations
 
@@ -25,16 +25,19 @@ from cnn_lib import (
     Tanh,
     check_layer,
 )
+from cnn_lib.kernels import TIERS
 
 F64 = np.float64
 
 
 def agree(layer, x, *forward_args):
-    """Run fast and reference on the same input and upstream gradient; compare everything."""
-    rng = np.random.default_rng(1)
+    """Run the three kernel tiers on the same input and upstream gradient; compare everything
+    with the reference loops (1e-10, float64)."""
     out = {}
-    for impl in ("fast", "reference"):
+    for impl in TIERS:
         layer.impl = impl
+        if hasattr(layer, "zero_grad"):
+            layer.zero_grad()
         y = layer.forward(x.copy(), *forward_args)
         if np.ndim(y) == 0:
             dx = layer.backward()
@@ -43,18 +46,20 @@ def agree(layer, x, *forward_args):
             dx = layer.backward(dy)
         grads = {k: v.copy() for k, v in getattr(layer, "grads", {}).items()}
         out[impl] = (np.asarray(y), dx, grads)
-    (yf, dxf, gf), (yr, dxr, gr) = out["fast"], out["reference"]
-    np.testing.assert_allclose(yf, yr, rtol=1e-10, atol=1e-10)
-    np.testing.assert_allclose(dxf, dxr, rtol=1e-10, atol=1e-10)
-    assert gf.keys() == gr.keys()
-    for k in gf:
-        np.testing.assert_allclose(gf[k], gr[k], rtol=1e-10, atol=1e-10, err_msg=k)
-    del rng
+    yr, dxr, gr = out["reference"]
+    for impl in ("vectorized", "fast"):
+        y, dx, g = out[impl]
+        np.testing.assert_allclose(y, yr, rtol=1e-10, atol=1e-10, err_msg=impl)
+        np.testing.assert_allclose(dx, dxr, rtol=1e-10, atol=1e-10, err_msg=impl)
+        assert g.keys() == gr.keys()
+        for k in g:
+            np.testing.assert_allclose(g[k], gr[k], rtol=1e-10, atol=1e-10, err_msg=f"{impl} {k}")
 
 
 def make_conv(cfg, cls=Conv2d):
+    extra = {"output_padding": cfg["output_padding"]} if cls is ConvTranspose2d else {}
     return cls(cfg["c_in"], cfg["c_out"], cfg["kernel"], stride=cfg["stride"],
-               padding=cfg["padding"], bias=cfg["bias"], rng=cfg["seed"], dtype=F64)
+               padding=cfg["padding"], bias=cfg["bias"], rng=cfg["seed"], dtype=F64, **extra)
 
 
 # ----------------------------------------------------------------------------- convolution

@@ -1,8 +1,11 @@
 """The library's behaviour beyond gradients: clear errors on bad input (with state left
-untouched), gradcheck's diagnostics for broken layers, dtypes, Sequential, optimizers, and a
-tiny network that really learns."""
+untouched), gradcheck's diagnostics for broken layers, dtypes, Sequential, optimizers, a
+tiny network that really learns, and the training protocol (the gradient rule, train/eval,
+buffers) and the conv layers' shapes."""
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from cnn_lib import (
     Conv2d,
     ConvTranspose2d,
     Flatten,
+    Layer,
     Linear,
     MaxPool2d,
     ReLU,
@@ -21,6 +25,7 @@ from cnn_lib import (
     SoftmaxCrossEntropy,
     check_layer,
 )
+from cnn_lib.kernels import KERNELS, TIERS, conv_output_size, conv_transpose_output_size
 
 F64 = np.float64
 
@@ -348,9 +353,135 @@ def test_tutorial_network_overfits_16_mnist_digits():
     opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
     losses = []
     for _ in range(100):
+        opt.zero_grad()
         losses.append(loss_fn.forward(model.forward(x), y))
         model.backward(loss_fn.backward())
         opt.step()
     assert losses[0] > 2.0  # chance level is log(10) = 2.30
     assert losses[-1] < 0.01, losses[-10:]
     assert np.all(loss_fn.probs.argmax(axis=1) == y)
+
+
+# ----------------------------------------------------------------------------- training protocol
+
+
+def small_model(dtype=np.float64):
+    return Sequential(Conv2d(1, 2, 3, padding=1, rng=0, dtype=dtype), ReLU(), MaxPool2d(2), Flatten(),
+                      Linear(2 * 3 * 3, 3, rng=1, dtype=dtype))
+
+
+def test_backward_adds_into_grads_and_zero_grad_clears_them():
+    """The gradient rule: two backward passes add up to the gradient of both batches at once
+    (a GAN discriminator's real and fake batch), and zero_grad() starts again from nothing."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 1, 6, 6)), rng.standard_normal((3, 1, 6, 6))
+    model = small_model()
+    for x in (a, b):
+        y = model.forward(x)
+        model.backward(np.ones(y.shape))
+    summed = {k: v.copy() for k, v in model.grads.items()}
+    model.zero_grad()
+    assert model.grads == {} and all(p.grad is None for p in model.parameters())
+    y = model.forward(np.concatenate([a, b]))
+    model.backward(np.ones(y.shape))
+    assert summed.keys() == model.grads.keys() == model.params.keys()
+    for k, v in model.grads.items():
+        np.testing.assert_allclose(summed[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def test_a_step_warns_when_the_gradients_were_not_cleared():
+    model = small_model()
+    opt = SGD(model.parameters(), lr=0.01)
+    x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
+    for _ in range(2):  # the right loop: no warning
+        opt.zero_grad()
+        model.backward(np.ones(model.forward(x).shape))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            opt.step()
+    model.backward(np.ones(model.forward(x).shape))  # zero_grad forgotten
+    with pytest.warns(UserWarning, match=r"were not cleared since the last step.*zero_grad\(\)"):
+        opt.step()
+
+
+def test_train_and_eval_reach_every_layer():
+    model = Sequential(small_model(), ReLU())
+    assert model.training and all(layer.training for layer in model[0])
+    assert model.eval() is model
+    assert not model.training and not model[1].training and not any(layer.training for layer in model[0])
+    model.train()
+    assert all(layer.training for layer in model[0])
+
+
+class RunningMean(Layer):
+    """A layer with a buffer, as BatchNorm will have: in training mode it passes x on and
+    updates a running mean of what it sees; in evaluation mode it subtracts that mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.buffers["running_mean"] = np.zeros(1)
+
+    def forward(self, x):
+        self._cache = x.shape
+        if self.training:
+            self.buffers["running_mean"] += 0.5 * (x.mean() - self.buffers["running_mean"])
+            return x.copy()
+        return x - self.buffers["running_mean"]
+
+    def backward(self, dy):
+        return dy
+
+
+def test_buffers_are_saved_and_loaded_but_never_trained(tmp_path):
+    model = Sequential(Linear(3, 2, rng=0, dtype=np.float64), RunningMean())
+    model.forward(np.ones((4, 3)))
+    assert list(model.buffers) == ["1.running_mean"] and "1.running_mean" not in model.params
+    assert [p.name for p in model.parameters()] == ["0.weight", "0.bias"]
+    model.save(tmp_path / "m.npz")
+    saved = model.state_dict()
+    other = Sequential(Linear(3, 2, rng=5, dtype=np.float64), RunningMean())
+    other.load(tmp_path / "m.npz")
+    for k, v in saved.items():
+        np.testing.assert_array_equal(other.state_dict()[k], v, err_msg=k)
+    with pytest.raises(KeyError, match=r"missing \['1.running_mean'\]"):
+        other.load_state_dict({k: v for k, v in saved.items() if k != "1.running_mean"})
+
+
+def test_check_layer_restores_buffers_around_its_probes():
+    layer = RunningMean()
+    layer.buffers["running_mean"][...] = 0.25
+    check_layer(layer, np.random.default_rng(0).standard_normal((2, 3))).assert_ok()
+    assert layer.buffers["running_mean"][0] == 0.25
+
+
+# ----------------------------------------------------------------------------- conv shapes
+
+
+@pytest.mark.parametrize("h, k, s, p, op",
+                         [(4, 4, 2, 1, 0), (4, 3, 2, 1, 1), (5, 3, 3, 0, 2), (7, 1, 1, 0, 0)])
+def test_transposed_conv_output_padding_gives_back_every_input_size(h, k, s, p, op):
+    """A strided Conv2d maps several sizes onto one; output_padding picks the one wanted."""
+    conv_out = conv_output_size(h + op, k, s, p)
+    tconv = ConvTranspose2d(2, 3, k, stride=s, padding=p, output_padding=op, rng=0, dtype=np.float64)
+    y = tconv.forward(np.zeros((1, 2, conv_out, conv_out)))
+    assert y.shape == tconv.output_shape((1, 2, conv_out, conv_out))
+    assert y.shape[2:] == (conv_transpose_output_size(conv_out, k, s, p, op),) * 2
+    assert "output_padding" in repr(tconv) or op == 0
+
+
+def test_impossible_transposed_conv_sizes_are_refused_clearly():
+    with pytest.raises(ValueError, match="output_padding must be smaller than stride"):
+        ConvTranspose2d(1, 1, 3, stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="output_padding must be >= 0"):
+        ConvTranspose2d(1, 1, 3, stride=2, output_padding=-1)
+    with pytest.raises(ValueError, match="crops the whole output"):
+        ConvTranspose2d(1, 1, 3, padding=2).forward(np.zeros((1, 1, 1, 1), dtype=np.float32))
+
+
+def test_every_tier_has_every_kernel_and_documents_its_shapes():
+    for name, module in TIERS.items():
+        for kernel in KERNELS:
+            fn = getattr(module, kernel, None)
+            assert callable(fn), f"{name} has no {kernel}"
+            doc = fn.__doc__ or ""
+            assert "->" in doc or "returns:" in doc, f"{name}.{kernel} documents no shapes"

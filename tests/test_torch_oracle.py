@@ -68,17 +68,21 @@ def test_conv_transpose2d_matches_torch(cfg):
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal((cfg["n"], cfg["c_in"], cfg["h"], cfg["w"]))
     layer = ConvTranspose2d(cfg["c_in"], cfg["c_out"], cfg["kernel"], stride=cfg["stride"],
-                            padding=cfg["padding"], bias=cfg["bias"], rng=cfg["seed"], dtype=np.float64)
+                            padding=cfg["padding"], output_padding=cfg["output_padding"],
+                            bias=cfg["bias"], rng=cfg["seed"], dtype=np.float64)
     y = layer.forward(x)
     dy = rng.standard_normal(y.shape)
     dx = layer.backward(dy)
     xt, wt = t(x), t(layer.params["weight"])
     bt = t(layer.params["bias"]) if cfg["bias"] else None
-    yt = tnn.conv_transpose2d(xt, wt, bt, stride=cfg["stride"], padding=cfg["padding"])
+    yt = tnn.conv_transpose2d(xt, wt, bt, stride=cfg["stride"], padding=cfg["padding"],
+                              output_padding=cfg["output_padding"])
     yt.backward(t(dy, grad=False))
     close(y, yt)
     close(dx, xt.grad)
     close(layer.grads["weight"], wt.grad)
+    if cfg["bias"]:
+        close(layer.grads["bias"], bt.grad)
 
 
 @settings(max_examples=40)
@@ -140,6 +144,7 @@ def test_training_steps_match_torch(opt_name):
         topt = torch.optim.Adam(theirs.parameters(), lr=0.01, betas=(0.5, 0.999))
     loss_fn = SoftmaxCrossEntropy()
     for _ in range(5):
+        opt.zero_grad()
         loss_fn.forward(ours.forward(x), y)
         ours.backward(loss_fn.backward())
         opt.step()

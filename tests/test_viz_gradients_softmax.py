@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from cnn_lib import viz  # noqa: E402
-from cnn_lib.functional import softmax  # noqa: E402
+from cnn_lib.kernels.vectorized import softmax  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from cnn_lib import functional
+from cnn_lib.kernels import vectorized
 from cnn_lib.viz import plot_pool_routing, plot_tie_windows, pool_routes, routed_gradient, tied_windows
 from cnn_lib.widgets import DEFAULT_POOLING_INPUT, PoolingRoutingExplorer
 
@@ -23,8 +23,8 @@ def _close_figures():
 def _library_dx(x, kernel, stride, mode, dy):
     """dx of cnn_lib's fast kernels for one (H, W) channel."""
     op = "maxpool2d" if mode == "max" else "avgpool2d"
-    _, cache = getattr(functional, op + "_forward")(x[None, None], (kernel, kernel), (stride, stride))
-    return getattr(functional, op + "_backward")(dy[None, None], cache)[0, 0]
+    _, cache = getattr(vectorized, op + "_forward")(x[None, None], (kernel, kernel), (stride, stride))
+    return getattr(vectorized, op + "_backward")(dy[None, None], cache)[0, 0]
 
 
 def test_draw_returns_figure_and_records_state():

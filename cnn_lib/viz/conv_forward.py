@@ -2,7 +2,7 @@
 how padding and stride decide the output size, how input channels are summed, and what
 classic filters do to a digit.
 
-The outputs drawn here are computed by :func:`cnn_lib.functional.conv2d_forward`, the same
+The outputs drawn here are computed by :func:`cnn_lib.kernels.vectorized.conv2d_forward`, the same
 kernel the library's ``Conv2d`` uses. Every function returns the Figure it drew.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.colors import Normalize
 from matplotlib.patches import ConnectionPatch, Rectangle
 
-from .. import functional
+from ..kernels import conv_output_size, vectorized
 
 __all__ = [
     "conv_step_numbers",
@@ -92,7 +92,7 @@ def _outline(ax, top, left, height, width, color=HIGHLIGHT, lw=3):
 
 def _conv_single(x, kernel, stride, padding):
     """One channel in, one out, through the library's fast kernel: (H, W) -> (H_out, W_out)."""
-    y, _ = functional.conv2d_forward(x[None, None], kernel[None, None], None,
+    y, _ = vectorized.conv2d_forward(x[None, None], kernel[None, None], None,
                                      (stride, stride), (padding, padding))
     return y[0, 0]
 
@@ -209,7 +209,7 @@ def show_output_size_1d(settings, *, title="Where the windows fit along one axis
     """
     rows = []
     for size, k, s, p in settings:
-        n_out = functional.output_size(size, k, s, p)
+        n_out = conv_output_size(size, k, s, p)
         if n_out < 1:
             raise ValueError(f"size {size}, kernel {k}, stride {s}, padding {p}: no window fits")
         levels = min(int(np.ceil(k / s)), n_out)

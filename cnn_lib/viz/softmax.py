@@ -10,7 +10,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..functional import log_softmax, softmax
+from ..kernels.vectorized import log_softmax, softmax
 
 __all__ = ["plot_softmax_pipeline", "plot_gradient_vs_logit"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .. import functional
+from ..kernels import conv_output_hw
 from ..viz.conv_forward import conv_step_numbers, format_number, show_conv_step
 
 __all__ = ["ConvWindowExplorer"]
@@ -64,7 +64,7 @@ class ConvWindowExplorer:
         s = self.stride if stride is None else stride
         p = self.padding if padding is None else padding
         (h, w), (kh, kw) = self.x.shape, self.kernel.shape
-        return functional.output_size(h, kh, s, p), functional.output_size(w, kw, s, p)
+        return conv_output_hw((h, w), (kh, kw), (s, s), (p, p))
 
     def _set(self, row=None, col=None, stride=None, padding=None):
         stride = self.stride if stride is None else int(stride)

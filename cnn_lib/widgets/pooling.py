@@ -14,7 +14,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .. import functional as F
+from ..kernels import conv_output_hw
 from ..viz.pooling import plot_pool_routing, pool_routes, routed_gradient
 
 __all__ = ["PoolingRoutingExplorer", "DEFAULT_POOLING_INPUT"]
@@ -56,7 +56,7 @@ class PoolingRoutingExplorer:
     def output_shape(self, kernel, stride):
         """(H_out, W_out) = (floor((H - k) / s) + 1, floor((W - k) / s) + 1)."""
         h, w = self.x.shape
-        return (F.output_size(h, kernel, stride, 0), F.output_size(w, kernel, stride, 0))
+        return conv_output_hw((h, w), (kernel, kernel), (stride, stride))
 
     def draw(self, kernel=2, stride=2, mode="max", window=(0, 0), tie_rule="first",
              only_selected=False):

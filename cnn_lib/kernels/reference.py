@@ -1,9 +1,9 @@
 """Reference kernels: plain loops that read like the derivations in the lessons.
 
-Each function mirrors one in :mod:`cnn_lib.functional` (same signature, same results to
-1e-10 in float64). They are slow on purpose: one Python iteration per output number, so
-every line can be matched with a line of the math. Use them to learn and to test; train
-with the fast ones.
+Each function has a twin in :mod:`cnn_lib.kernels.vectorized` and :mod:`cnn_lib.kernels.fast`
+(same calling convention, see :mod:`cnn_lib.kernels`; same results to 1e-10 in float64). They
+are slow on purpose: one Python iteration per output number, so every line can be matched
+with a line of the math. Use them to learn and to test; train with the fast ones.
 
 Notation used in the comments: ``x`` is the input, ``y`` the output, ``dy = dL/dy`` the
 gradient arriving from the layer above, ``dx = dL/dx`` the one we send below.
@@ -12,6 +12,8 @@ gradient arriving from the layer above, ``dx = dL/dx`` the one we send below.
 from __future__ import annotations
 
 import numpy as np
+
+from .shapes import conv_output_hw, conv_transpose_output_hw
 
 
 def _pad(x, ph, pw):
@@ -33,8 +35,7 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     sh, sw = stride
     ph, pw = padding
     xp = _pad(x, ph, pw)
-    ho = (h + 2 * ph - kh) // sh + 1
-    wo = (w + 2 * pw - kw) // sw + 1
+    ho, wo = conv_output_hw((h, w), (kh, kw), stride, padding)
     y = np.zeros((n_batch, c_out, ho, wo), dtype=x.dtype)
     for n in range(n_batch):
         for co in range(c_out):
@@ -47,7 +48,7 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     return y, (x, weight, bias is not None, stride, padding)
 
 
-def conv2d_backward(dy, cache):
+def conv2d_backward(dy, cache, need_input_grad=True):
     """Every output y[n, co, i, j] was computed from one input region and the kernel W[co],
     so its gradient dy[n, co, i, j] flows back along exactly those products:
 
@@ -56,6 +57,7 @@ def conv2d_backward(dy, cache):
         db[co]          += dy[n, co, i, j]
 
     dy (N, C_out, H_out, W_out) -> dx (N, C_in, H, W), dweight, dbias
+    (dx is computed in any case, and None is returned in its place if not need_input_grad)
     """
     x, weight, has_bias, stride, padding = cache
     n_batch, _, h, w = x.shape
@@ -77,21 +79,23 @@ def conv2d_backward(dy, cache):
                     dxp[n, :, rows, cols] += dy[n, co, i, j] * weight[co]
                     dbias[co] += dy[n, co, i, j]
     dx = dxp[:, :, ph : ph + h, pw : pw + w]
-    return dx, dweight, (dbias if has_bias else None)
+    return (dx if need_input_grad else None), dweight, (dbias if has_bias else None)
 
 
-def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
+def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), output_padding=(0, 0)):
     """Each input pixel stamps a copy of the kernel, scaled by its value, onto the output:
 
         ypad[n, co, i*sh + p, j*sw + q] += x[n, ci, i, j] * W[ci, co, p, q]
 
-    then the padding is cropped away. x (N, C_in, H, W), weight (C_in, C_out, kH, kW).
+    then the padding is cropped away. x (N, C_in, H, W), weight (C_in, C_out, kH, kW)
+    -> y (N, C_out, (H-1)*sh - 2*ph + kH + output_padding, ...): the output_padding extra rows
+    and columns at the bottom and right receive no stamp (only the bias).
     """
     n_batch, c_in, h, w = x.shape
     _, c_out, kh, kw = weight.shape
     sh, sw = stride
     ph, pw = padding
-    ho, wo = (h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw
+    ho, wo = conv_transpose_output_hw((h, w), (kh, kw), stride, padding, output_padding)
     yp = np.zeros((n_batch, c_out, ho + 2 * ph, wo + 2 * pw), dtype=x.dtype)
     for n in range(n_batch):
         for ci in range(c_in):
@@ -104,11 +108,13 @@ def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     return y, (x, weight, bias is not None, stride, padding)
 
 
-def conv_transpose2d_backward(dy, cache):
+def conv_transpose2d_backward(dy, cache, need_input_grad=True):
     """Reverse the stamping: each input pixel collects dy over the patch it stamped.
 
         dx[n, ci, i, j]   = sum_{co, p, q} dypad[n, co, i*sh + p, j*sw + q] * W[ci, co, p, q]
         dW[ci, co, p, q] += x[n, ci, i, j] * dypad[n, co, i*sh + p, j*sw + q]
+
+    dy (N, C_out, H_out, W_out) -> dx (N, C_in, H, W), dweight (C_in, C_out, kH, kW), dbias
     """
     x, weight, has_bias, stride, padding = cache
     n_batch, c_in, h, w = x.shape
@@ -126,7 +132,7 @@ def conv_transpose2d_backward(dy, cache):
                     dx[n, ci, i, j] = np.sum(patch * weight[ci])
                     dweight[ci] += x[n, ci, i, j] * patch
     dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    return dx, dweight, dbias
+    return (dx if need_input_grad else None), dweight, dbias
 
 
 # --------------------------------------------------------------------------- pooling
@@ -136,20 +142,14 @@ def _windows(x_shape, kernel, stride):
     """Yield (i, j, rows, cols) for every pooling window of an (N, C, H, W) input."""
     kh, kw = kernel
     sh, sw = stride
-    ho = (x_shape[2] - kh) // sh + 1
-    wo = (x_shape[3] - kw) // sw + 1
+    ho, wo = conv_output_hw(x_shape[2:], kernel, stride)
     for i in range(ho):
         for j in range(wo):
             yield i, j, slice(i * sh, i * sh + kh), slice(j * sw, j * sw + kw)
 
 
 def _pooled_shape(x_shape, kernel, stride):
-    return (
-        x_shape[0],
-        x_shape[1],
-        (x_shape[2] - kernel[0]) // stride[0] + 1,
-        (x_shape[3] - kernel[1]) // stride[1] + 1,
-    )
+    return (*x_shape[:2], *conv_output_hw(x_shape[2:], kernel, stride))
 
 
 def maxpool2d_forward(x, kernel, stride):
@@ -165,7 +165,10 @@ def maxpool2d_forward(x, kernel, stride):
 def maxpool2d_backward(dy, cache):
     """Only the element that was the max moved y, so only it gets dy. On a tie the first
     maximal element in row-major order (np.argmax's choice) takes the whole gradient;
-    windows that overlap add their contributions."""
+    windows that overlap add their contributions.
+
+    dy (N, C, H_out, W_out) -> dx (N, C, H, W)
+    """
     x, kernel, stride = cache
     dx = np.zeros(x.shape, dtype=dy.dtype)
     for n in range(x.shape[0]):
@@ -178,7 +181,7 @@ def maxpool2d_backward(dy, cache):
 
 
 def avgpool2d_forward(x, kernel, stride):
-    """y[n, c, i, j] = mean of window (i, j)."""
+    """y[n, c, i, j] = mean of window (i, j). x (N, C, H, W) -> y (N, C, H_out, W_out), cache."""
     y = np.zeros(_pooled_shape(x.shape, kernel, stride), dtype=x.dtype)
     for n in range(x.shape[0]):
         for c in range(x.shape[1]):
@@ -188,7 +191,10 @@ def avgpool2d_forward(x, kernel, stride):
 
 
 def avgpool2d_backward(dy, cache):
-    """Every element of a window moved the mean by 1/(kH*kW): each gets dy / (kH*kW)."""
+    """Every element of a window moved the mean by 1/(kH*kW): each gets dy / (kH*kW).
+
+    dy (N, C, H_out, W_out) -> dx (N, C, H, W)
+    """
     x_shape, kernel, stride = cache
     dx = np.zeros(x_shape, dtype=dy.dtype)
     for n in range(x_shape[0]):
@@ -216,7 +222,10 @@ def linear_forward(x, weight, bias):
 
 
 def linear_backward(dy, cache):
-    """dx[n, i] = sum_o dy[n, o] W[o, i];  dW[o, i] = sum_n dy[n, o] x[n, i];  db[o] = sum_n dy[n, o]."""
+    """dx[n, i] = sum_o dy[n, o] W[o, i];  dW[o, i] = sum_n dy[n, o] x[n, i];  db[o] = sum_n dy[n, o].
+
+    dy (N, out) -> dx (N, in), dweight (out, in), dbias (out,) or None
+    """
     x, weight, has_bias = cache
     n_batch, n_in = x.shape
     n_out = weight.shape[0]
@@ -261,38 +270,43 @@ def _elementwise(x, f):
 
 
 def relu_forward(x):
-    """y = max(x, 0)."""
+    """y = max(x, 0). x (any shape) -> y (x's shape), cache x."""
     return _elementwise(x, lambda v: v if v > 0 else 0.0), x
 
 
 def relu_backward(dy, x):
-    """dy passes where x > 0, is stopped where x <= 0 (we take the derivative at 0 to be 0)."""
+    """dy (x's shape) -> dx: dy passes where x > 0, is stopped where x <= 0 (we take the derivative at 0 to be 0)."""
     return dy * _elementwise(x, lambda v: 1.0 if v > 0 else 0.0)
 
 
 def leaky_relu_forward(x, slope):
+    """y = x if x > 0 else slope * x. x (any shape) -> y (x's shape), cache x."""
     return _elementwise(x, lambda v: v if v > 0 else slope * v), x
 
 
 def leaky_relu_backward(dy, x, slope):
+    """dy (x's shape) -> dx = dy where x > 0, slope * dy elsewhere."""
     return dy * _elementwise(x, lambda v: 1.0 if v > 0 else slope)
 
 
 def sigmoid_forward(x):
+    """y = 1 / (1 + exp(-x)), written so that exp never overflows. x -> y (x's shape), cache y."""
     y = _elementwise(x, lambda v: 1 / (1 + np.exp(-v)) if v >= 0 else np.exp(v) / (1 + np.exp(v)))
     return y, y
 
 
 def sigmoid_backward(dy, y):
-    """d sigmoid / dx = sigmoid * (1 - sigmoid), written in terms of the cached output y."""
+    """dy -> dx = dy * y * (1 - y): d sigmoid / dx = sigmoid * (1 - sigmoid), in terms of
+    the cached output y."""
     return dy * _elementwise(y, lambda s: s * (1 - s))
 
 
 def tanh_forward(x):
+    """y = tanh(x). x (any shape) -> y (x's shape), cache y."""
     y = _elementwise(x, np.tanh)
     return y, y
 
 
 def tanh_backward(dy, y):
-    """d tanh / dx = 1 - tanh^2."""
+    """dy -> dx = dy * (1 - y^2): d tanh / dx = 1 - tanh^2."""
     return dy * _elementwise(y, lambda t: 1 - t * t)
