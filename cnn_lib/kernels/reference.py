@@ -222,7 +222,8 @@ def linear_forward(x, weight, bias):
 
 
 def linear_backward(dy, cache):
-    """dx[n, i] = sum_o dy[n, o] W[o, i];  dW[o, i] = sum_n dy[n, o] x[n, i];  db[o] = sum_n dy[n, o].
+    """dx[n, i] = sum_o dy[n, o] W[o, i];  dW[o, i] = sum_n dy[n, o] x[n, i];
+    db[o] = sum_n dy[n, o].
 
     dy (N, out) -> dx (N, in), dweight (out, in), dbias (out,) or None
     """
@@ -275,7 +276,8 @@ def relu_forward(x):
 
 
 def relu_backward(dy, x):
-    """dy (x's shape) -> dx: dy passes where x > 0, is stopped where x <= 0 (we take the derivative at 0 to be 0)."""
+    """dy (x's shape) -> dx: dy passes where x > 0, is stopped where x <= 0 (we take the
+    derivative at 0 to be 0)."""
     return dy * _elementwise(x, lambda v: 1.0 if v > 0 else 0.0)
 
 
