@@ -15,6 +15,11 @@ What is checked: the Python version, that numpy, matplotlib, ipywidgets, tqdm an
 are recent enough, that cnn_lib imports, and that the MNIST sample shipped in ``data/`` is
 there, byte for byte the file whose SHA-256 ``data/README.md`` lists.
 
+The report names no absolute path of your machine (so that lesson 00's saved output is the same
+everywhere): a path inside the course folder is shown relative to it (``.venv/bin/python``), one
+in your home folder with ``~`` (``~/miniconda3/bin/python``); only system locations such as
+``/usr/bin/python3`` are shown as they are.
+
 What cannot be checked from here: whether your *browser* shows widgets. The kernel (this
 Python) cannot see the page. Lesson 00 shows a test slider and says what to do if it does not
 appear.
@@ -25,9 +30,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.metadata
+import json
+import os
 import re
 import sys
 import textwrap
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
@@ -76,15 +85,60 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _inside(path: Path, folder: Path) -> Path | None:
+    """``path`` relative to ``folder`` if it lies inside it (as given or with links resolved)."""
+    for candidate in (path, path.resolve()):
+        for base in (folder, folder.resolve()):
+            try:
+                return candidate.relative_to(base)
+            except ValueError:
+                continue
+    return None
+
+
+def _shown(path) -> str:
+    """A path as the report prints it, without the machine-specific part.
+
+    Inside the course folder: relative to it (``.venv/bin/python``, ``cnn_lib``; ``.`` for the
+    folder itself). Inside the home folder: with ``~`` (``~/.pyenv/versions/3.12.4/bin/python``).
+    Anywhere else (``/usr/bin/python3``, ``/opt/conda/...``): as it is.
+    """
+    path = Path(os.path.abspath(path))
+    relative = _inside(path, _REPO)
+    if relative is not None:
+        return str(relative)
+    relative = _inside(path, Path.home())
+    if relative is not None:
+        return "~" if relative == Path() else str(Path("~") / relative)
+    return str(path)
+
+
+def _terminal_command(arguments: str) -> str:
+    """How to run *this* Python with ``arguments`` in a terminal, and from where."""
+    inside_course = _inside(Path(os.path.abspath(sys.executable)), _REPO) is not None
+    return (f"`{_shown(sys.executable)} {arguments}` in a terminal"
+            + (" in the course folder" if inside_course else ""))
+
+
 def _pip_hint(requirement: str) -> str:
     """How to pip-install into *this* Python (not whichever `pip` comes first on PATH)."""
-    return (f"`%pip install {requirement}` in a notebook cell (or `{sys.executable} -m pip install "
-            f"{requirement}` in a terminal)")
+    return (f"`%pip install {requirement}` in a notebook cell (or "
+            f"{_terminal_command('-m pip install ' + requirement)})")
+
+
+def _environment_kind() -> str:
+    """Which environment this Python belongs to: a virtual environment, conda, or none."""
+    if sys.prefix != sys.base_prefix:
+        return f"virtual environment {_shown(sys.prefix)}"
+    if (Path(sys.prefix) / "conda-meta").is_dir():
+        name = os.environ.get("CONDA_DEFAULT_ENV") or Path(sys.prefix).name
+        return f"conda environment {name}"
+    return "not in a virtual environment"
 
 
 def _check_python() -> Check:
     found = ".".join(str(v) for v in sys.version_info[:3])
-    where = f"Python {found} ({sys.executable})"
+    where = f"Python {found} ({_shown(sys.executable)}, {_environment_kind()})"
     if sys.version_info[:2] < MIN_PYTHON:
         need = ".".join(map(str, MIN_PYTHON))
         return Check("Python", False, f"{where} is too old: the course needs Python {need} or "
@@ -113,17 +167,50 @@ def _check_package(module: str, distribution: str, minimum: str) -> Check:
     return Check(module, True, f"version {version}")
 
 
+def _editable_install() -> Path | None:
+    """The folder that an editable install (``pip install -e``) of cnn-lib points to, if any."""
+    for dist in importlib.metadata.distributions():
+        if (dist.metadata["Name"] or "").lower().replace("_", "-") != "cnn-lib":
+            continue
+        try:
+            info = json.loads(dist.read_text("direct_url.json") or "{}")
+        except ValueError:
+            continue
+        url = urllib.parse.urlparse(info.get("url", ""))
+        if info.get("dir_info", {}).get("editable") and url.scheme == "file":
+            return Path(urllib.request.url2pathname(url.path))
+    return None
+
+
 def _check_cnn_lib() -> Check:
     try:
         package = importlib.import_module("cnn_lib")
     except ImportError as exc:
+        command = _terminal_command("-m pip install -e .").removesuffix(" in the course folder")
         return Check("cnn_lib", False, f"cannot be imported ({exc}). Install the course's library "
-                     f"into this Python: in a terminal, in the course folder (the one with "
-                     f"pyproject.toml), run `{sys.executable} -m pip install -e .` (or "
-                     "`%pip install -e ..` in a notebook cell of notebooks/), then restart the "
-                     "kernel.")
+                     f"into this Python: run {command}, in the course folder (the one with "
+                     "pyproject.toml), or `%pip install -e ..` in a notebook cell of notebooks/; "
+                     "then restart the kernel.")
+    version = f"version {getattr(package, '__version__', '?')}"
     location = Path(package.__file__).resolve().parent
-    return Check("cnn_lib", True, f"version {getattr(package, '__version__', '?')} from {location}")
+    if any(part in ("site-packages", "dist-packages") for part in location.parts):
+        return Check("cnn_lib", True, f"{version}, a copy installed in site-packages (not editable): "
+                     "changes to the course folder's cnn_lib/ will not be seen. To work on the "
+                     "library, install it with `pip install -e .` in the course folder.")
+    in_course = _inside(location, _REPO)
+    where = f"{version} from " + (f"the course folder's {in_course}/" if in_course is not None
+                                  else _shown(location))
+    editable = _editable_install()
+    if editable is None:
+        return Check("cnn_lib", True, f"{where}, not installed (found on the import path: the "
+                     "current folder or PYTHONPATH); `pip install -e .` in the course folder makes "
+                     "it importable from anywhere")
+    if _inside(location, editable) is None:
+        return Check("cnn_lib", True, f"{where}, but the editable install points to "
+                     f"{_shown(editable)}: two copies of the course? Imports use the first one on "
+                     "the import path.")
+    return Check("cnn_lib", True, f"{where} (editable install: edits to its files take effect "
+                 "after a kernel restart)")
 
 
 def _expected_sample_hash(readme: Path) -> str | None:
@@ -137,17 +224,17 @@ def _check_sample(data_dir: Path) -> Check:
     sample = data_dir / _SAMPLE_NAME
     readme = data_dir / "README.md"
     if not sample.is_file():
-        return Check("MNIST sample", False, f"{sample} is missing. It ships with the course: get "
+        return Check("MNIST sample", False, f"{_shown(sample)} is missing. It ships with the course: get "
                      "a complete copy of the course folder (git clone or the full zip), and install "
                      "with `pip install -e .` from that folder.")
     expected = _expected_sample_hash(readme)
     if expected is None:
-        return Check("MNIST sample", False, f"{readme} is missing or does not list the sample's "
+        return Check("MNIST sample", False, f"{_shown(readme)} is missing or does not list the sample's "
                      "SHA-256, so the sample cannot be verified. Restore data/README.md from the "
                      "course repository.")
     found = hashlib.sha256(sample.read_bytes()).hexdigest()
     if found != expected:
-        return Check("MNIST sample", False, f"{sample} is damaged or was changed: its SHA-256 is "
+        return Check("MNIST sample", False, f"{_shown(sample)} is damaged or was changed: its SHA-256 is "
                      f"{found[:12]}..., data/README.md expects {expected[:12]}.... Restore it "
                      "from the course repository (e.g. `git checkout -- data/mnist_sample.npz`).")
     size_kb = sample.stat().st_size / 1000
