@@ -3,9 +3,9 @@
     layer.params   : dict[str, np.ndarray]  what an optimizer trains, e.g. {"weight": W, "bias": b}
     layer.buffers  : dict[str, np.ndarray]  state that is saved but never trained (running
                                             statistics); empty for most layers
-    layer.grads    : dict[str, np.ndarray]  dL/d(param), same keys as params, filled by backward
+    layer.grads    : dict[str, np.ndarray]  dL/d(param), same keys as params
     y  = layer.forward(x)                   caches what backward needs
-    dx = layer.backward(dy)                 returns dL/dx (never None), adds into layer.grads
+    dx = layer.backward(dy)                 returns dL/dx, adds dL/d(param) into layer.grads
     layer.train() / layer.eval()            sets layer.training (dropout and batch norm care)
 
 **The gradient rule** (PyTorch's): ``backward`` *adds* its gradients into ``grads``, and

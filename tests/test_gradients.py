@@ -292,3 +292,32 @@ def test_tutorial_network_with_loss_end_to_end():
     # weights are checked inside a network above, so here: conv weights and both biases.
     chosen = {k: net.params[k] for k in ("0.weight", "0.bias", "3.bias")}
     check_layer(net, x, np.array([3, 7]), params=chosen, tol=1e-6, check_input=False).assert_ok()
+
+
+# ----------------------------------------------------------------------------- every tier on its own
+
+
+TIER_LAYERS = {
+    "conv": (lambda: Conv2d(5, 4, 3, stride=2, padding=1, rng=0, dtype=F64), (2, 5, 7, 6)),
+    "conv one channel": (lambda: Conv2d(1, 3, (2, 3), stride=(1, 2), rng=1, dtype=F64), (2, 1, 6, 7)),
+    "conv transpose": (lambda: ConvTranspose2d(3, 5, 3, stride=2, padding=1, output_padding=1, rng=2,
+                                               dtype=F64), (2, 3, 4, 3)),
+    "maxpool overlapping": (lambda: MaxPool2d(3, stride=2), (2, 3, 7, 6)),
+    "avgpool": (lambda: AvgPool2d(2), (2, 3, 6, 4)),
+    "linear": (lambda: Linear(7, 4, rng=3, dtype=F64), (3, 7)),
+    "relu": (lambda: ReLU(), (2, 3, 4, 4)),
+    "leaky relu": (lambda: LeakyReLU(0.2), (2, 5)),
+    "sigmoid": (lambda: Sigmoid(), (2, 5)),
+    "tanh": (lambda: Tanh(), (2, 5)),
+}
+
+
+@pytest.mark.parametrize("impl", list(TIERS))
+@pytest.mark.parametrize("name", list(TIER_LAYERS))
+def test_every_tier_passes_the_gradient_check_on_its_own(impl, name):
+    """Agreement between tiers is not enough (all three could share a mistake): each tier's
+    kernels are checked against finite differences directly too."""
+    make, shape = TIER_LAYERS[name]
+    layer = make()
+    layer.impl = impl
+    check_layer(layer, separated(np.random.default_rng(0), shape, spacing=0.05), tol=TOL).assert_ok()

@@ -84,9 +84,11 @@ def test_sequential_can_skip_the_input_gradient(impl, first):
         np.testing.assert_array_equal(grads[k], full[k], err_msg=k)
 
 
+@pytest.mark.parametrize("impl", ["reference", "vectorized", "fast"])
 @pytest.mark.parametrize("cls", [Conv2d, ConvTranspose2d])
-def test_conv_layers_can_skip_the_input_gradient(cls):
+def test_conv_layers_can_skip_the_input_gradient(cls, impl):
     layer = cls(2, 3, 3, stride=2, padding=1, rng=0, dtype=F64)
+    layer.impl = impl
     x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
     dx, full = grads_after_backward(layer, x)
     assert dx.shape == x.shape
@@ -258,7 +260,10 @@ def test_only_layers_on_the_fast_kernels_are_fused(impls, expected):
     conv, relu, pool = Conv2d(1, 2, 3, rng=0, dtype=F64), ReLU(), MaxPool2d(2)
     conv.impl, relu.impl, pool.impl = impls
     model = Sequential(conv, relu, pool, Flatten())
-    assert [type(step).__name__ for step in fusion.plan(model.layers)] == expected
+    steps = fusion.plan(model.layers)
+    assert [type(step).__name__ for step in steps] == expected
+    if expected[0] == "ConvBlock":
+        assert repr(steps[0]).startswith("ConvBlock(Conv2d(1, 2, kernel_size=(3, 3)") and "ReLU()" in repr(steps[0])
     x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
     dy = np.ones(model.forward(x).shape)
     dx = model.backward(dy)
@@ -389,6 +394,21 @@ def test_batch_slices_cover_the_batch():
                 assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1  # balanced between threads
                 if n >= multiple and n * per_item > T.CHUNK_BYTES:
                     assert len(parts) % multiple == 0 or len(parts) == n
+
+
+def test_set_num_threads_changes_the_threads_and_refuses_nonsense(monkeypatch):
+    import cnn_lib
+
+    monkeypatch.setattr(T, "NUM_THREADS", T.NUM_THREADS)  # restored after the test
+    cnn_lib.set_num_threads(3)
+    assert cnn_lib.get_num_threads() == 3 == T.NUM_THREADS
+    seen = set()
+    T.for_each_slice(lambda part: seen.add(threading.current_thread().name), 24, 1, parallel=True)
+    assert len(seen) <= 3
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="positive int"):
+            cnn_lib.set_num_threads(bad)
+    assert cnn_lib.get_num_threads() == 3
 
 
 def test_errors_in_threads_reach_the_caller(monkeypatch):

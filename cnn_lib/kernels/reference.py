@@ -28,7 +28,7 @@ def conv2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0)):
     """y[n, co, i, j] = b[co] + sum_{ci, p, q} W[co, ci, p, q] * xpad[n, ci, i*sh + p, j*sw + q]
 
     x (N, C_in, H, W), weight (C_out, C_in, kH, kW), bias (C_out,) or None
-    -> y (N, C_out, H_out, W_out), cache
+    -> y (N, C_out, H_out, W_out), cache (x, weight, has bias, stride, padding)
     """
     n_batch, _, h, w = x.shape
     c_out, _, kh, kw = weight.shape
@@ -89,7 +89,8 @@ def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), out
 
     then the padding is cropped away. x (N, C_in, H, W), weight (C_in, C_out, kH, kW)
     -> y (N, C_out, (H-1)*sh - 2*ph + kH + output_padding, ...): the output_padding extra rows
-    and columns at the bottom and right receive no stamp (only the bias).
+    and columns at the bottom and right receive no stamp (only the bias);
+       cache (x, weight, has bias, stride, padding)
     """
     n_batch, c_in, h, w = x.shape
     _, c_out, kh, kw = weight.shape
@@ -153,7 +154,10 @@ def _pooled_shape(x_shape, kernel, stride):
 
 
 def maxpool2d_forward(x, kernel, stride):
-    """y[n, c, i, j] = max of window (i, j). x (N, C, H, W) -> y (N, C, H_out, W_out), cache."""
+    """y[n, c, i, j] = max of window (i, j).
+
+    x (N, C, H, W) -> y (N, C, H_out, W_out), cache (x, kernel, stride)
+    """
     y = np.zeros(_pooled_shape(x.shape, kernel, stride), dtype=x.dtype)
     for n in range(x.shape[0]):
         for c in range(x.shape[1]):
@@ -181,7 +185,10 @@ def maxpool2d_backward(dy, cache):
 
 
 def avgpool2d_forward(x, kernel, stride):
-    """y[n, c, i, j] = mean of window (i, j). x (N, C, H, W) -> y (N, C, H_out, W_out), cache."""
+    """y[n, c, i, j] = mean of window (i, j).
+
+    x (N, C, H, W) -> y (N, C, H_out, W_out), cache (x.shape, kernel, stride)
+    """
     y = np.zeros(_pooled_shape(x.shape, kernel, stride), dtype=x.dtype)
     for n in range(x.shape[0]):
         for c in range(x.shape[1]):
@@ -208,7 +215,10 @@ def avgpool2d_backward(dy, cache):
 
 
 def linear_forward(x, weight, bias):
-    """y[n, o] = b[o] + sum_i x[n, i] * W[o, i]. x (N, in), weight (out, in) -> y (N, out)."""
+    """y[n, o] = b[o] + sum_i x[n, i] * W[o, i].
+
+    x (N, in), weight (out, in), bias (out,) or None -> y (N, out), cache (x, weight, has bias)
+    """
     n_batch, n_in = x.shape
     n_out = weight.shape[0]
     y = np.zeros((n_batch, n_out), dtype=x.dtype)

@@ -27,13 +27,13 @@ from .shapes import conv_output_hw, conv_transpose_output_hw
 
 
 def pad(x, padding):
-    """Zero-pad the two spatial axes of x (N, C, H, W) by padding = (P_h, P_w) on each side."""
+    """Zero-pad the two spatial axes of x (N, C, H, W) by padding = (P_H, P_W) on each side."""
     ph, pw = padding
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
 def crop(xp, padding, hw):
-    """The inverse of :func:`pad`: the (H, W) inside of a padded (N, C, H + 2P_h, W + 2P_w) array."""
+    """The inverse of :func:`pad`: the (H, W) inside of a padded (N, C, H + 2P_H, W + 2P_W) array."""
     (ph, pw), (h, w) = padding, hw
     return xp[:, :, ph : ph + h, pw : pw + w]
 
@@ -45,8 +45,8 @@ def windows(xp, kernel, stride):
     """Every kH x kW window of xp, ``stride`` apart, as a read-only view (nothing is copied).
 
     xp:      (N, C, H, W)
-    returns: (N, C, H_out, W_out, kH, kW); element [n, c, i, j, a, b] is
-             xp[n, c, i*S_h + a, j*S_w + b]
+    returns: (N, C, H_out, W_out, kH, kW); element [n, c, i, j, p, q] is
+             xp[n, c, i*s_H + p, j*s_W + q]: tap (p, q) of window (i, j)
     """
     (sh, sw) = stride
     return sliding_window_view(xp, kernel, axis=(2, 3))[:, :, ::sh, ::sw]
@@ -77,9 +77,9 @@ def col2im(dcols, xp_shape, kernel, stride):
     ho, wo = conv_output_hw((hp, wp), kernel, stride)
     d = dcols.reshape(n, ho, wo, c, kh, kw).transpose(0, 3, 1, 2, 4, 5)  # (N, C, Ho, Wo, kH, kW)
     dxp = np.zeros(xp_shape, dtype=dcols.dtype)
-    for a in range(kh):  # tap (a, b) of every window at once: a strided sub-grid of dxp
-        for b in range(kw):
-            dxp[:, :, a : a + sh * ho : sh, b : b + sw * wo : sw] += d[:, :, :, :, a, b]
+    for p in range(kh):  # tap (p, q) of every window at once: a strided sub-grid of dxp
+        for q in range(kw):
+            dxp[:, :, p : p + sh * ho : sh, q : q + sw * wo : sw] += d[:, :, :, :, p, q]
     return dxp
 
 
@@ -165,17 +165,17 @@ def conv_transpose2d_backward(dy, cache, need_input_grad=True):
 # --------------------------------------------------------------------------- pooling
 
 
-def _tap_grid(a, b, stride, out_hw):
-    """Index of tap (a, b) of every window: the sub-grid rows a, a + S_h, ..., columns b, b + S_w, ..."""
+def _tap_grid(p, q, stride, out_hw):
+    """Index of tap (p, q) of every window: the sub-grid rows p, p + s_H, ..., columns q, q + s_W, ..."""
     (sh, sw), (ho, wo) = stride, out_hw
-    return (slice(None), slice(None), slice(a, a + sh * ho, sh), slice(b, b + sw * wo, sw))
+    return (slice(None), slice(None), slice(p, p + sh * ho, sh), slice(q, q + sw * wo, sw))
 
 
 def maxpool2d_forward(x, kernel, stride):
     """y = the max of each window; the cache records which tap of the window won.
 
     x (N, C, H, W) -> y (N, C, H_out, W_out), cache (x.shape, winner (N, C, H_out, W_out), kernel, stride)
-    winner[n, c, i, j] = a*kW + b for the window's tap (a, b) that holds the max. On a tie
+    winner[n, c, i, j] = p*kW + q for the window's tap (p, q) that holds the max. On a tie
     the first maximal tap in row-major order wins (that is what argmax returns).
     """
     view = windows(x, kernel, stride)  # (N, C, Ho, Wo, kH, kW)
@@ -192,9 +192,9 @@ def maxpool2d_backward(dy, cache):
     """
     x_shape, winner, (kh, kw), stride = cache
     dx = np.zeros(x_shape, dtype=dy.dtype)
-    for a in range(kh):
-        for b in range(kw):  # every window's tap (a, b) at once; it gets dy where it won
-            dx[_tap_grid(a, b, stride, dy.shape[2:])] += dy * (winner == a * kw + b)
+    for p in range(kh):
+        for q in range(kw):  # every window's tap (p, q) at once; it gets dy where it won
+            dx[_tap_grid(p, q, stride, dy.shape[2:])] += dy * (winner == p * kw + q)
     return dx
 
 
@@ -214,9 +214,9 @@ def avgpool2d_backward(dy, cache):
     x_shape, (kh, kw), stride = cache
     dx = np.zeros(x_shape, dtype=dy.dtype)
     share = dy / (kh * kw)
-    for a in range(kh):
-        for b in range(kw):
-            dx[_tap_grid(a, b, stride, dy.shape[2:])] += share
+    for p in range(kh):
+        for q in range(kw):
+            dx[_tap_grid(p, q, stride, dy.shape[2:])] += share
     return dx
 
 

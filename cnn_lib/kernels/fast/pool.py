@@ -100,7 +100,10 @@ def maxpool_backward_slice(dyh, wins, dxh, kernel, stride):
 
 
 def avgpool2d_forward(x, kernel, stride):
-    """Average pooling without padding. x: (N, C, H, W) -> y (N, C, H_out, W_out)."""
+    """Average pooling without padding.
+
+    x (N, C, H, W) -> y (N, C, H_out, W_out), channels-last in memory, cache (x.shape, kernel, stride)
+    """
     ho, wo = conv_output_hw(x.shape[2:], kernel, stride)
     xh = nhwc(x)
     y = np.zeros((x.shape[0], ho, wo, x.shape[1]), dtype=x.dtype)
