@@ -26,7 +26,9 @@ Layout and names follow PyTorch: inputs ``(N, C, H, W)``, conv weights
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 
 import numpy as np
 
@@ -153,10 +155,25 @@ class Layer:
             np.copyto(value, state[name], casting="same_kind")
 
     def save(self, path) -> None:
-        """Save the parameters and buffers to a ``.npz`` file (plain arrays, no pickle)."""
+        """Save the parameters and buffers to a ``.npz`` file (plain arrays, no pickle).
+
+        Atomic: the arrays go into a temporary file beside ``path``, which then replaces it in
+        one step, so an interrupted save (Ctrl-C, a full disk) never destroys weights saved
+        earlier under the same name.
+        """
         path = os.fspath(path)
-        with open(path, "wb") as f:  # an open file keeps np.savez from appending ".npz"
-            np.savez(f, **self.state_dict())
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as f:  # an open file keeps np.savez from appending ".npz"
+                np.savez(f, **self.state_dict())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
 
     def load(self, path) -> None:
         """Load what :meth:`save` saved (never unpickles anything)."""

@@ -485,3 +485,24 @@ def test_every_tier_has_every_kernel_and_documents_its_shapes():
             assert callable(fn), f"{name} has no {kernel}"
             doc = fn.__doc__ or ""
             assert "->" in doc or "returns:" in doc, f"{name}.{kernel} documents no shapes"
+
+
+def test_an_interrupted_save_keeps_the_weights_saved_before(tmp_path, monkeypatch):
+    model = small_model()
+    path = tmp_path / "weights.npz"
+    model.save(path)
+    good = path.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        model.save(path)
+    assert path.read_bytes() == good  # the earlier file is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["weights.npz"]  # no temporary file left behind
+    monkeypatch.undo()
+    other = small_model()
+    other.load(path)
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(other.state_dict()[k], v)

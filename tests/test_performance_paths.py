@@ -263,7 +263,8 @@ def test_only_layers_on_the_fast_kernels_are_fused(impls, expected):
     steps = fusion.plan(model.layers)
     assert [type(step).__name__ for step in steps] == expected
     if expected[0] == "ConvBlock":
-        assert repr(steps[0]).startswith("ConvBlock(Conv2d(1, 2, kernel_size=(3, 3)") and "ReLU()" in repr(steps[0])
+        assert repr(steps[0]).startswith("ConvBlock(Conv2d(1, 2, kernel_size=(3, 3)")
+        assert "ReLU()" in repr(steps[0])
     x = np.random.default_rng(0).standard_normal((2, 1, 6, 6))
     dy = np.ones(model.forward(x).shape)
     dx = model.backward(dy)
