@@ -96,17 +96,10 @@ MNIST_LR, MNIST_MOMENTUM = 0.05, 0.9  # the full-MNIST run: SGD with momentum
 
 
 def cnn_lib_net(name, dtype, seed=0):
-    from cnn_lib import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+    """The course's network of that name (cnn_lib.models), with PyTorch's default initialisation."""
+    from cnn_lib import models
 
-    if name == "tutorial":
-        return Sequential(Conv2d(1, 8, 3, rng=seed, dtype=dtype), MaxPool2d(2), Flatten(),
-                          Linear(8 * 13 * 13, 10, rng=seed + 1, dtype=dtype))
-    return Sequential(
-        Conv2d(1, 32, 3, padding=1, rng=seed, dtype=dtype), ReLU(), MaxPool2d(2),
-        Conv2d(32, 64, 3, padding=1, rng=seed + 1, dtype=dtype), ReLU(), MaxPool2d(2), Flatten(),
-        Linear(64 * 7 * 7, 128, rng=seed + 2, dtype=dtype), ReLU(),
-        Linear(128, 10, rng=seed + 3, dtype=dtype),
-    )
+    return models.build(name, rng=seed, dtype=dtype)
 
 
 def torch_net(name):
@@ -474,6 +467,7 @@ def _mnist_worker(path, epochs, batch, subset, conn):
         epoch_start = time.perf_counter()
         t0 = time.perf_counter()
         for b, (xb, yb) in enumerate(iterate_minibatches(x_train, y_train, batch, shuffle=True, rng=rng)):
+            opt.zero_grad()  # backward adds into grads
             loss_fn.forward(model.forward(xb), yb)
             model.backward(loss_fn.backward(), need_input_grad=False)
             opt.step()

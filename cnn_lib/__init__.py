@@ -24,12 +24,14 @@ from .layers import (
 from .losses import BCEWithLogits, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam
+from .training import Callback, Checkpoint, History, ProgressBar, StopWhen, evaluate, fit, predict
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AvgPool2d", "BCEWithLogits", "Conv2d", "ConvTranspose2d", "Flatten", "Layer",
-    "LeakyReLU", "Linear", "MaxPool2d", "Parameter", "ReLU", "SGD", "Sequential", "Sigmoid",
-    "SoftmaxCrossEntropy", "Tanh", "check_layer", "get_num_threads", "numerical_gradient",
+    "Adam", "AvgPool2d", "BCEWithLogits", "Callback", "Checkpoint", "Conv2d", "ConvTranspose2d",
+    "Flatten", "History", "Layer", "LeakyReLU", "Linear", "MaxPool2d", "Parameter",
+    "ProgressBar", "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "StopWhen",
+    "Tanh", "check_layer", "evaluate", "fit", "get_num_threads", "numerical_gradient", "predict",
     "relative_error", "set_num_threads",
 ]

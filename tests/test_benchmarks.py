@@ -6,6 +6,7 @@ that its layer-by-layer cases compute what the training step computes.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,7 @@ def test_quick_benchmark_writes_a_report(tmp_path):
          "--block", "0.05", "--output", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "Warning" not in run.stderr, run.stderr[-3000:]  # e.g. gradients never cleared
     report = out.read_text()
     assert "| float32 | 32 |" in report
     assert "## Where the time goes" in report and "| conv2 |" in report
@@ -61,3 +63,22 @@ def test_a_misspelt_subset_is_refused_by_name(option, value, message):
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), option, value],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 2 and message in run.stderr, run.stderr[-2000:]
+
+
+MNIST_DIR = ROOT.parent / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not MNIST_DIR.is_dir(),
+                    reason="full MNIST is not beside the repository (../shared/data/mnist)")
+def test_the_benchmarks_mnist_run_really_learns(tmp_path):
+    """The accuracy-vs-time run trains for real: a wrong training loop (say, gradients never
+    cleared) would still time fine but learn nothing."""
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), "--quick", "--nets", "tutorial",
+         "--batches", "32", "--dtypes", "float32", "--impls", "fast", "--no-layers", "--block", "0.05",
+         "--mnist-dir", str(MNIST_DIR), "--output", str(tmp_path / "report.md")],
+        capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Warning" not in run.stderr, run.stderr[-3000:]
+    accuracies = [float(a) for a in re.findall(r"test accuracy (0\.\d+)", run.stdout)]
+    assert accuracies and accuracies[-1] > 0.8, run.stdout[-2000:]

@@ -8,6 +8,8 @@ from .conv_backward import *  # noqa: F403
 from .conv_forward import *  # noqa: F403
 from .dense import *  # noqa: F403
 from .digits import *  # noqa: F403
+from .filters import *  # noqa: F403
 from .gradients import *  # noqa: F403
 from .pooling import *  # noqa: F403
 from .softmax import *  # noqa: F403
+from .training import *  # noqa: F403

@@ -1,0 +1,269 @@
+"""The command line: train a course network, or evaluate saved weights.
+
+    python -m cnn_lib train --model lenet --data full --epochs 2
+    python -m cnn_lib train --tutorial-setting --data full --seeds 0,1,2
+    python -m cnn_lib evaluate runs/lenet/weights.npz --model lenet --data full
+
+(``cnn-lib`` is the same command, installed as a console script.) ``train`` writes, into
+``--out``: ``weights.npz`` (load with ``model.load``), ``history.json`` and ``history.csv``
+(per-epoch loss and accuracy; every step's loss in the JSON) and ``curves.png``. Ctrl-C stops
+a run cleanly between two steps and keeps what was trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import models
+from .data import load_mnist
+from .losses import SoftmaxCrossEntropy
+from .optim import SGD, Adam
+from .training import Checkpoint, ProgressBar, evaluate, fit
+
+#: The tutorial's own setting (question.txt): one image at a time, its initialisation,
+#: plain SGD at lr 0.005, 3 epochs on the first 1,000 training images, tested on the first
+#: 1,000 test images, pixels scaled to [-0.5, 0.5].
+TUTORIAL_SETTING = dict(model="tutorial", init="tutorial", batch_size=1, lr=0.005, momentum=0.0,
+                        optimizer="sgd", epochs=3, train_size=1000, test_size=1000,
+                        normalize="tutorial")
+
+
+class CliError(Exception):
+    """A problem the user can fix: printed as one line, exit status 2."""
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _seeds(text):
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seeds like 0,1,2, got {text!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("expected at least one seed")
+    return seeds
+
+
+def _add_data_options(p):
+    p.add_argument("--data", choices=("sample", "full"), default="sample",
+                   help="the 5,000-digit sample shipped with cnn_lib (default; offline), or full "
+                        "MNIST (60,000 + 10,000: `python -m cnn_lib.data download` fetches it)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="folder with the four MNIST IDX files, for --data full (default: "
+                        "$CNN_LIB_MNIST_DIR, else the folder the download fills)")
+    p.add_argument("--normalize", choices=("tutorial", "unit", "standard"), default="tutorial",
+                   help="pixels to x/255 - 0.5 (tutorial, default), x/255 (unit), or zero mean "
+                        "and unit variance (standard)")
+    p.add_argument("--test-size", type=_positive_int, metavar="N",
+                   help="use only the first N test images")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="python -m cnn_lib",
+        description="Train a course network on MNIST, or evaluate saved weights.",
+        epilog="Run 'python -m cnn_lib train --help' for the training options.")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{train,evaluate}")
+
+    t = sub.add_parser("train", help="train a network, save its weights, history and curves",
+                       description="Train a network with mini-batch SGD (or Adam), showing a "
+                                   "progress bar; save weights.npz, history.json, history.csv "
+                                   "and curves.png into --out. Ctrl-C stops cleanly and saves "
+                                   "what was trained.")
+    t.add_argument("--model", choices=tuple(models.MODELS), default="tutorial",
+                   help="tutorial: conv 8x3x3 -> pool -> linear 10 (default); lenet: two convs "
+                        "(32, 64) with ReLU and pooling -> linear 128 -> linear 10")
+    t.add_argument("--init", choices=("pytorch", "tutorial"), default="pytorch",
+                   help="the tutorial model's starting weights: cnn_lib's default (pytorch), or "
+                        "the tutorial's (filters randn/9, weights randn/1352, no conv bias)")
+    _add_data_options(t)
+    t.add_argument("--train-size", type=_positive_int, metavar="N",
+                   help="use only the first N training images")
+    t.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training set (default 1)")
+    t.add_argument("--batch-size", type=_positive_int, default=32, help="images per step (default 32)")
+    t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
+    t.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate (default 0.05)")
+    t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9; 0 for plain SGD)")
+    t.add_argument("--seeds", type=_seeds, default=[0], metavar="S[,S...]",
+                   help="random seed(s) of the weights and the shuffling; several seeds train "
+                        "several runs, each into its own --out/seed-S folder (default 0)")
+    t.add_argument("--tutorial-setting", action="store_true",
+                   help="the tutorial's own setting: model tutorial, init tutorial, batch 1, "
+                        "lr 0.005, plain SGD, 3 epochs, the first 1,000 training and 1,000 test "
+                        "images (other options given explicitly still win)")
+    t.add_argument("--out", metavar="DIR", default=None,
+                   help="where to save the results (default runs/<model>)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in a log file)")
+
+    e = sub.add_parser("evaluate", help="test accuracy of saved weights",
+                       description="Load weights saved by 'train' and measure the test loss and accuracy.")
+    e.add_argument("weights", help="a weights.npz file written by 'train'")
+    e.add_argument("--model", choices=tuple(models.MODELS), default="tutorial",
+                   help="the network the weights belong to (default tutorial)")
+    _add_data_options(e)
+    return top
+
+
+def _explicit(argv, name) -> bool:
+    """Was ``--name`` given on the command line (rather than left at its default)?"""
+    flag = "--" + name.replace("_", "-")
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _load(args, train_size=None):
+    try:
+        data = load_mnist(args.data, path=args.data_dir, normalize=args.normalize,
+                          subset=None if train_size is None and args.test_size is None
+                          else (train_size, args.test_size), balanced=False)
+    except FileNotFoundError as error:
+        lines = [line.strip(" -") for line in str(error).splitlines() if line.strip()]
+        where = "; ".join(lines[1:-1])
+        raise CliError(f"{lines[0].rstrip(':')}{f' ({where})' if where else ''}. Get full MNIST with "
+                       "`python -m cnn_lib.data download`, or point --data-dir at a folder with the "
+                       "four IDX files") from None
+    return data
+
+
+def _optimizer(args, model):
+    if args.optimizer == "adam":
+        return Adam(model.parameters(), lr=args.lr)
+    if not 0 <= args.momentum < 1:
+        raise CliError(f"--momentum must be in [0, 1), got {args.momentum}")
+    return SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+
+
+def train(args, argv) -> int:
+    if args.tutorial_setting:
+        for key, value in TUTORIAL_SETTING.items():
+            if not _explicit(argv, key):
+                setattr(args, key, value)
+    if args.init == "tutorial" and args.model != "tutorial":
+        raise CliError("--init tutorial is the tutorial model's initialisation: use it with --model tutorial")
+    data = _load(args, args.train_size)
+    out_root = args.out or os.path.join("runs", args.model)
+    print(f"{args.model} on {args.data} MNIST: {len(data.x_train):,} training and "
+          f"{len(data.x_test):,} test images; batch {args.batch_size}, {args.optimizer} lr {args.lr}"
+          + (f" momentum {args.momentum}" if args.optimizer == "sgd" else "") + f", {args.epochs} epoch(s)")
+    results, status = [], 0
+    for seed in args.seeds:
+        out = out_root if len(args.seeds) == 1 else os.path.join(out_root, f"seed-{seed}")
+        os.makedirs(out, exist_ok=True)
+        options = {"init": args.init} if args.model == "tutorial" else {}
+        model = models.build(args.model, rng=seed, **options)
+        loss_fn = SoftmaxCrossEntropy()
+        callbacks = [Checkpoint(os.path.join(out, "weights.npz"))]
+        if not args.no_progress:
+            callbacks.insert(0, ProgressBar(desc=f"seed {seed}", leave=False))
+        start = time.perf_counter()
+        history = fit(model, loss_fn, _optimizer(args, model), (data.x_train, data.y_train),
+                      epochs=args.epochs, batch_size=args.batch_size, rng=seed,
+                      val=(data.x_test, data.y_test), callbacks=callbacks)
+        wall = time.perf_counter() - start
+        for e in history.epochs:
+            print(f"seed {seed} epoch {e['epoch']}: train loss {e['train_loss']:.4f}, "
+                  f"train accuracy {e['train_accuracy']:.4f}, test loss {e['val_loss']:.4f}, "
+                  f"test accuracy {e['val_accuracy']:.4f} ({e['seconds']:.1f} s)")
+        if history.stopped:  # keep what was trained, even inside an unfinished epoch
+            model.save(os.path.join(out, "weights.npz"))
+        test_loss, test_accuracy = evaluate(model, loss_fn, data.x_test, data.y_test)
+        history.to_json(os.path.join(out, "history.json"))
+        history.to_csv(os.path.join(out, "history.csv"))
+        _save_curves(history, os.path.join(out, "curves.png"), f"{args.model}, seed {seed}")
+        results.append({"seed": seed, "test_accuracy": test_accuracy, "test_loss": test_loss,
+                        "train_seconds": history.seconds, "wall_seconds": wall,
+                        "stopped": history.stopped, "out": out})
+        print(f"seed {seed}: test accuracy {test_accuracy:.4f}, training {history.seconds:.1f} s; "
+              f"saved {out}{os.sep}weights.npz, history.json, history.csv, curves.png")
+        if history.stopped == "interrupted":
+            print(f"interrupted after {len(history.step_loss)} steps: the weights trained so far "
+                  "are saved", file=sys.stderr)
+            status = 130
+            break
+    if len(results) > 1:
+        accs = [r["test_accuracy"] for r in results]
+        print(f"test accuracy over {len(accs)} seeds: " + ", ".join(f"{a:.4f}" for a in accs)
+              + f"; median {float(np.median(accs)):.4f}")
+        with open(os.path.join(out_root, "seeds.json"), "w") as f:
+            json.dump(results, f, indent=1)
+    return status
+
+
+def _save_curves(history, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from .viz.training import plot_history
+
+    fig = plot_history(history, title=title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_command(args) -> int:
+    if not os.path.isfile(args.weights):
+        raise CliError(f"no such weights file: {args.weights} (train first: python -m cnn_lib train "
+                       f"--model {args.model})")
+    try:
+        with np.load(args.weights, allow_pickle=False) as saved:
+            names = set(saved.files)
+    except (OSError, ValueError) as error:
+        raise CliError(f"{args.weights} is not a weights file saved by cnn_lib ({error})") from None
+    options = {}
+    if args.model == "tutorial":  # the tutorial's own start has no conv bias
+        options["init"] = "pytorch" if "0.bias" in names else "tutorial"
+    model = models.build(args.model, **options)
+    try:
+        model.load(args.weights)
+    except (KeyError, ValueError) as error:
+        raise CliError(f"{args.weights} does not hold {args.model} weights ({error}); "
+                       "is --model right?") from None
+    data = _load(args)
+    loss, accuracy = evaluate(model, SoftmaxCrossEntropy(), data.x_test, data.y_test)
+    print(f"{args.model} from {args.weights} on {len(data.x_test):,} {args.data} test images: "
+          f"loss {loss:.4f}, accuracy {accuracy:.4f}")
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return train(args, argv)
+        return evaluate_command(args)
+    except CliError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Figures of training runs: loss and accuracy curves, one run or several overlaid
+(lessons 07, 08, 10), a confusion matrix and the most confidently wrong test images.
+
+A run is a :class:`cnn_lib.training.History` (what ``fit`` returns).
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["confusion_matrix", "plot_confusion", "plot_confident_mistakes", "plot_history",
+           "plot_histories"]
+
+
+def _smooth(values, window):
+    """Running mean over ``window`` steps (shorter at the start), for a readable step curve."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0 or window <= 1:
+        return values
+    csum = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(0, idx - window)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def plot_histories(runs, *, title=None, smooth=None):
+    """Overlay several runs: ``runs`` is a dict ``{label: History}`` (e.g. three learning rates).
+
+    Left: the loss of every step (thin) and its running mean (thick), against the step.
+    Right: accuracy after every epoch, on the training data (dashed, the mean over the epoch's
+    steps) and on the validation data (solid, after the epoch), against the epoch.
+    """
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    tops, last_epoch = [], 0
+    for i, (label, history) in enumerate(runs.items()):
+        color = f"C{i}"
+        steps = np.arange(1, len(history.step_loss) + 1)
+        window = smooth or max(1, len(steps) // 30)
+        if len(steps):
+            smoothed = _smooth(history.step_loss, window)
+            ax_loss.plot(steps, history.step_loss, color=color, alpha=0.25, lw=0.8)
+            ax_loss.plot(steps, smoothed, color=color, lw=2, label=label)
+            finite = smoothed[np.isfinite(smoothed)]
+            if len(finite):  # room for the running mean, not for every noisy step or a blow-up
+                tops.append(min(float(finite.max()), 10 * float(np.median(finite))))
+        last_epoch = max([last_epoch] + [e["epoch"] for e in history.epochs])
+        epochs = [e["epoch"] for e in history.epochs]
+        if epochs:
+            ax_acc.plot(epochs, [e["train_accuracy"] for e in history.epochs], "--o", color=color,
+                        ms=4, label=f"{label}: train")
+            if "val_accuracy" in history.epochs[0]:
+                ax_acc.plot(epochs, [e["val_accuracy"] for e in history.epochs], "-o", color=color,
+                            ms=5, label=f"{label}: validation")
+    ax_loss.set(xlabel="step", ylabel="loss (mini-batch)", title="loss")
+    if tops and max(tops) > 0:
+        ax_loss.set_ylim(0, max(tops) * 1.08)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1),
+               xlim=(0.5, max(1, last_epoch) + 0.5))
+    ax_acc.xaxis.get_major_locator().set_params(integer=True)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_history(history, *, title=None, label="run"):
+    """The loss and accuracy curves of one run (see :func:`plot_histories`)."""
+    return plot_histories({label: history}, title=title)
+
+
+def confusion_matrix(y_true, y_pred, n_classes=10) -> np.ndarray:
+    """counts[t, p] = how many items of true class t were predicted as p."""
+    counts = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return counts
+
+
+def plot_confusion(y_true, y_pred, n_classes=10, *, title="confusion matrix"):
+    """Rows: the true digit; columns: the predicted one; numbers: counts (off the diagonal:
+    the mistakes, and which digit each was taken for)."""
+    counts = confusion_matrix(y_true, y_pred, n_classes)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    shown = counts.astype(float)
+    np.fill_diagonal(shown, np.nan)  # colour the mistakes only: the diagonal would drown them
+    ax.imshow(shown, cmap="Reds")
+    for t in range(n_classes):
+        for p in range(n_classes):
+            if counts[t, p]:
+                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=7,
+                        fontweight="bold" if t == p else "normal")
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(n_classes), yticks=range(n_classes),
+           title=f"{title} (accuracy {np.trace(counts) / max(1, counts.sum()):.1%})")
+    fig.tight_layout()
+    return fig
+
+
+def plot_confident_mistakes(images, y_true, probs, *, count=8):
+    """The ``count`` wrong predictions the model was surest of, each with its true label,
+    what it said, and how sure it was."""
+    y_true = np.asarray(y_true)
+    pred = probs.argmax(axis=1)
+    wrong = np.flatnonzero(pred != y_true)
+    order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")][:count]
+    fig, axes = plt.subplots(1, max(1, count), figsize=(1.3 * max(1, count), 1.9))
+    for ax in np.atleast_1d(axes):
+        ax.axis("off")
+    for ax, i in zip(np.atleast_1d(axes), order):
+        ax.imshow(np.asarray(images[i]).reshape(28, 28), cmap="gray_r")
+        ax.set_title(f"true {y_true[i]}\nsaid {pred[i]} ({probs[i, pred[i]]:.0%})", fontsize=8)
+    fig.suptitle(f"the most confident mistakes ({len(wrong)} wrong of {len(y_true)})", fontsize=9)
+    fig.tight_layout()
+    return fig
