@@ -500,6 +500,15 @@ class ReLU(_Activation):
 
     op = "relu"
 
+    @property
+    def last_active(self) -> np.ndarray | None:
+        """Where the input of the last forward pass was > 0 (a bool array of its shape), or None
+        before the first. In a fused Sequential the ReLU runs inside its convolution's block and
+        keeps nothing: use ``Sequential(..., fuse=False)`` to look at it."""
+        if self._cache is None:
+            return None
+        return np.asarray(self._cache[1]) > 0  # a 0/1 mask (fast, vectorized) or x (reference)
+
 
 class LeakyReLU(_Activation):
     """y = x if x > 0 else negative_slope * x."""

@@ -241,10 +241,15 @@ def test_without_fusion_every_layer_keeps_its_own_cache():
     conv_y = conv.forward(x)
     np.testing.assert_array_equal(relu._cache[1], conv_y > 0)
     np.testing.assert_array_equal(y, pool.forward(relu.forward(conv_y)))
+    for impl in ("reference", "vectorized", "fast"):  # last_active reads any tier's cache
+        model.impl = impl
+        model.forward(x)
+        np.testing.assert_array_equal(relu.last_active, conv_y > 0, err_msg=impl)
+    model.impl = "fast"
     fused = Sequential(conv, relu, pool)  # the same layers, fused: they keep nothing new
     relu._cache = None
     fused.forward(x)
-    assert relu._cache is None
+    assert relu._cache is None and relu.last_active is None
     with pytest.raises(RuntimeError, match="ReLU.backward called before forward"):
         relu.backward(np.ones(conv_y.shape))
 

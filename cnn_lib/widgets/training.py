@@ -49,6 +49,7 @@ class Dashboard(Callback):
         self.redraws = 0
         self._run = None
         self._handle = self._output = self._button = None
+        self._widgets = []
         self._events = contextlib.ExitStack()
         self._poll = None
 
@@ -75,8 +76,9 @@ class Dashboard(Callback):
                                 tooltip="end training after the current step")
         self._button.on_click(lambda _: self.request_stop())
         self._status = w.HTML(self._status_text(run))
-        box = w.VBox([w.HBox([self._button, self._status]), self._output])
-        self._handle = display(box, display_id=True)
+        row = w.HBox([self._button, self._status])
+        self._widgets = [w.VBox([row, self._output]), row, self._button, self._status, self._output]
+        self._handle = display(self._widgets[0], display_id=True)
         self._poll = self._start_polling()
         self._redraw()
 
@@ -100,8 +102,8 @@ class Dashboard(Callback):
         fig = self.figure(title=self._status_text(run, final=True))
         self._handle.update(fig)  # the widget gives way to a static figure of the final curves
         plt.close(fig)
-        self._button.close()
-        self._output.close()
+        for widget in self._widgets:  # nothing of it is left in the notebook's saved widget state
+            widget.close()
 
     # inside ------------------------------------------------------------------------------
     def _start_polling(self):
