@@ -17,7 +17,8 @@ progress bar, live curves, checkpoints, stopping early) is a :class:`Callback`: 
 methods ``fit`` calls at the start, after every step, after every epoch and at the end. A
 callback can end the run by setting ``run.stop = True``; so does Ctrl-C (Jupyter's stop
 button), between two steps: the weights then are those of the last finished step, and the
-history says ``stopped="interrupted"``.
+history says ``stopped="interrupted"``. A run whose outputs become NaN or infinite (a learning
+rate too large) stops there too, and ``stopped`` says at which step.
 """
 
 from __future__ import annotations
@@ -138,6 +139,11 @@ def fit(model, loss_fn, optimizer, train, *, epochs=1, batch_size=32, rng=None, 
             for x_batch, y_batch in iterate_minibatches(x, y, batch_size, rng=rng):
                 optimizer.zero_grad()
                 logits = model.forward(x_batch)
+                if not np.all(np.isfinite(logits)):  # diverged: the weights have blown up
+                    run.stop = True
+                    run.reason = (f"diverged at step {run.step + 1}: the outputs became NaN or infinite "
+                                  "(try a smaller learning rate)")
+                    break
                 loss = loss_fn.forward(logits, y_batch)
                 model.backward(loss_fn.backward(), need_input_grad=False)  # images need no dL/dx
                 optimizer.step()

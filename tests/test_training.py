@@ -328,3 +328,15 @@ def test_confusion_matrix_and_confident_mistakes():
     probs = np.eye(10)[[3, 3, 5]] * 0.9 + 0.01
     fig = viz.plot_confident_mistakes(DATA.x_test[:3], np.array([3, 4, 6]), probs, count=2)
     assert "2 wrong of 3" in fig._suptitle.get_text()
+
+
+def test_a_diverging_run_is_stopped_and_says_so():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the overflows on the way to infinity
+        model, history = tiny_run(epochs=3, lr=5.0)
+    assert history.stopped.startswith("diverged at step") and "smaller learning rate" in history.stopped
+    assert len(history.step_loss) < 30 and np.all(np.isfinite(history.step_loss))
+    fig = __import__("cnn_lib").viz.plot_history(history)  # a blown-up run still plots
+    assert fig.axes[0].get_ylim()[1] < 10

@@ -14,8 +14,9 @@ __all__ = ["confusion_matrix", "plot_confusion", "plot_confident_mistakes", "plo
 
 
 def _smooth(values, window):
-    """Running mean over ``window`` steps (shorter at the start), for a readable step curve."""
-    values = np.asarray(values, dtype=np.float64)
+    """Running mean over ``window`` steps (shorter at the start), for a readable step curve.
+    (A diverging run's losses are clipped at 1e12 first: the curve leaves the plot either way.)"""
+    values = np.clip(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=1e12, posinf=1e12), 0, 1e12)
     if len(values) == 0 or window <= 1:
         return values
     csum = np.cumsum(np.insert(values, 0, 0.0))
@@ -29,7 +30,7 @@ def plot_histories(runs, *, title=None, smooth=None):
 
     Left: the loss of every step (thin) and its running mean (thick), against the step.
     Right: accuracy after every epoch, on the training data (dashed, the mean over the epoch's
-    steps) and on the validation data (solid, after the epoch), against the epoch.
+    steps) and on the held-out data (``val`` of ``fit``: solid, after the epoch), against the epoch.
     """
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
     tops, last_epoch = [], 0
@@ -41,9 +42,8 @@ def plot_histories(runs, *, title=None, smooth=None):
             smoothed = _smooth(history.step_loss, window)
             ax_loss.plot(steps, history.step_loss, color=color, alpha=0.25, lw=0.8)
             ax_loss.plot(steps, smoothed, color=color, lw=2, label=label)
-            finite = smoothed[np.isfinite(smoothed)]
-            if len(finite):  # room for the running mean, not for every noisy step or a blow-up
-                tops.append(min(float(finite.max()), 10 * float(np.median(finite))))
+            # room for the running mean, not for every noisy step, nor for a run that blows up
+            tops.append(min(float(smoothed.max()), 1.5 * float(smoothed[: max(1, window)].max())))
         last_epoch = max([last_epoch] + [e["epoch"] for e in history.epochs])
         epochs = [e["epoch"] for e in history.epochs]
         if epochs:
@@ -51,7 +51,7 @@ def plot_histories(runs, *, title=None, smooth=None):
                         ms=4, label=f"{label}: train")
             if "val_accuracy" in history.epochs[0]:
                 ax_acc.plot(epochs, [e["val_accuracy"] for e in history.epochs], "-o", color=color,
-                            ms=5, label=f"{label}: validation")
+                            ms=5, label=f"{label}: held out")
     ax_loss.set(xlabel="step", ylabel="loss (mini-batch)", title="loss")
     if tops and max(tops) > 0:
         ax_loss.set_ylim(0, max(tops) * 1.08)

@@ -128,7 +128,7 @@ class Dashboard(Callback):
             last = done[-1]
             text += f", train accuracy {last['train_accuracy']:.3f}"
             if "val_accuracy" in last:
-                text += f", validation accuracy {last['val_accuracy']:.3f}"
+                text += f", held-out accuracy {last['val_accuracy']:.3f}"
         if final and run.history.stopped:
             text += f" ({run.history.stopped})"
         return text
