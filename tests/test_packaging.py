@@ -69,3 +69,15 @@ def test_environment_check_knows_the_declared_minimum_versions():
     declared = {_name(r): r.split(">=")[1] for r in project["dependencies"]}
     assert {dist: version for dist, version in envcheck.REQUIREMENTS.values()} == declared
     assert project["requires-python"] == ">={}.{}".format(*envcheck.MIN_PYTHON)
+
+
+def test_every_lesson_is_committed_executed():
+    """nbval compares a notebook's fresh outputs with the committed ones, so a lesson committed
+    without outputs would pass while showing a student nothing: every code cell must have run."""
+    import json
+
+    for path in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+        counts = [c.get("execution_count") for c in cells]
+        assert None not in counts, f"{path.name}: code cells never executed (run python notebooks/rerun.py)"
+        assert counts == list(range(1, len(cells) + 1)), f"{path.name}: cells not run top to bottom in order"
