@@ -340,3 +340,24 @@ def test_a_diverging_run_is_stopped_and_says_so():
     assert len(history.step_loss) < 30 and np.all(np.isfinite(history.step_loss))
     fig = __import__("cnn_lib").viz.plot_history(history)  # a blown-up run still plots
     assert fig.axes[0].get_ylim()[1] < 10
+
+
+def test_cli_ctrl_c_stops_cleanly_and_keeps_the_weights(tmp_path, monkeypatch, capsys):
+    real_fit = cli.fit
+
+    class Interrupt(Callback):
+        def on_step_end(self, run):
+            if run.step == 3:
+                raise KeyboardInterrupt
+
+    def fit_then_interrupt(*args, callbacks=(), **kwargs):
+        return real_fit(*args, callbacks=[*callbacks, Interrupt()], **kwargs)
+
+    monkeypatch.setattr(cli, "fit", fit_then_interrupt)
+    status = cli.main(["train", "--train-size", "300", "--test-size", "50", "--epochs", "2", "--no-progress",
+                       "--out", str(tmp_path)])
+    assert status == 130
+    assert "interrupted after 3 steps: the weights trained so far are saved" in capsys.readouterr().err
+    saved = models.tutorial_net(rng=0)
+    saved.load(tmp_path / "weights.npz")  # a complete, loadable file
+    assert json.loads((tmp_path / "history.json").read_text())["stopped"] == "interrupted"
