@@ -53,7 +53,6 @@ REQUIREMENTS = {
     "ipywidgets": ("ipywidgets", "8.0"),
     "tqdm": ("tqdm", "4.64"),
     "threadpoolctl": ("threadpoolctl", "3.1"),
-    "jupyter_ui_poll": ("jupyter-ui-poll", "1.0"),
 }
 
 _REPO = Path(__file__).resolve().parent.parent

@@ -167,9 +167,10 @@ def test_the_dashboard_offline_draws_nothing_live_but_gives_the_final_figure():
     np.testing.assert_allclose(acc_ax.lines[1].get_ydata(), [e["val_accuracy"] for e in history.epochs])
 
 
-def test_the_dashboard_live_redraws_and_its_stop_button_ends_the_run(monkeypatch):
-    """The widget path, driven as Jupyter would: the Stop button's callback is called (as a
-    click is handled between two steps) and the run ends cleanly after that step."""
+def test_the_dashboard_live_redraws_and_gives_way_to_the_final_figure(monkeypatch):
+    """The widget path as in Jupyter (display patched): redrawn every 4 steps, stopped after a
+    step on request, and replaced by a static figure of the final curves that names why it
+    stopped."""
     pytest.importorskip("ipywidgets")
     import IPython.display
 
@@ -183,18 +184,19 @@ def test_the_dashboard_live_redraws_and_its_stop_button_ends_the_run(monkeypatch
                         or (Handle() if kw.get("display_id") else None))
     dashboard = Dashboard(every=4, live=True, compare={"earlier": tiny_run(epochs=1)[1]})
 
-    class ClickStop(Callback):
+    class StopAt6(Callback):
         def on_step_end(self, run):
             if run.step == 6:
-                dashboard._button.click()  # the button's on_click handler runs
+                dashboard.request_stop()
 
-    _, history = tiny_run(epochs=3, callbacks=[ClickStop(), dashboard])
-    assert history.stopped == "stopped with the dashboard's Stop button"
+    _, history = tiny_run(epochs=3, callbacks=[StopAt6(), dashboard])
+    assert history.stopped == "stopped with Dashboard.request_stop()"
     assert len(history.step_loss) == 6
     assert dashboard.redraws == 1 + 1  # at the start, and at step 4
     assert shown[-1][0] == "update"  # the widget gives way to the final static figure
     final = shown[-1][1]
-    assert "stopped with the dashboard's Stop button" in final._suptitle.get_text()
+    assert "stopped with Dashboard.request_stop()" in final._suptitle.get_text()
+    assert all(widget.comm is None for widget in dashboard._widgets)  # closed: no saved widget state
     assert [line.get_label() for line in final.axes[0].lines if not line.get_label().startswith("_")] == [
         "earlier", "this run"]
 

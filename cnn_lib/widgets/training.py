@@ -4,16 +4,19 @@
     history = fit(model, loss_fn, opt, (x, y), epochs=3, val=(x_val, y_val), callbacks=[dashboard])
 
 In Jupyter it shows the loss and accuracy curves, redrawn every ``every`` steps and after
-every epoch while ``fit`` runs, and a **Stop** button that ends the run cleanly between two
-steps (the weights are those of the last finished step). When the run ends, the widget is
-replaced by a static figure of the final curves, so a saved notebook (and its web page) shows
-them. Outside Jupyter (a script, the command line) nothing is drawn while training;
-``dashboard.figure()`` gives the final curves.
+every epoch while ``fit`` runs, and a status line. To stop a run, press Jupyter's own stop
+button (the square in the toolbar: it interrupts the kernel); ``fit`` ends the run cleanly
+between two steps and returns the history so far. When the run ends, the widget is replaced by
+a static figure of the final curves, so a saved notebook (and its web page) shows them. Outside
+Jupyter (a script, the command line) nothing is drawn while training; ``dashboard.figure()``
+gives the final curves.
+
+(Why no Stop button of its own: a running cell's kernel handles a widget's click only after
+the cell ends. jupyter-ui-poll works around that on older kernels; with ipykernel 7 the click
+was not delivered in this course's tests, while the interrupt always is.)
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import matplotlib.pyplot as plt
 
@@ -34,7 +37,7 @@ def _in_a_kernel() -> bool:
 
 
 class Dashboard(Callback):
-    """Live loss/accuracy curves and a Stop button while :func:`cnn_lib.training.fit` runs.
+    """Live loss/accuracy curves while :func:`cnn_lib.training.fit` runs.
 
     every:   redraw after this many steps (and after every epoch); each redraw costs a few
              tens of milliseconds, so do not make it 1 for a long run
@@ -48,10 +51,8 @@ class Dashboard(Callback):
         self.stop_requested = False
         self.redraws = 0
         self._run = None
-        self._handle = self._output = self._button = None
+        self._handle = self._output = self._status = None
         self._widgets = []
-        self._events = contextlib.ExitStack()
-        self._poll = None
 
     # what a student can call -----------------------------------------------------------
     def figure(self, title=None):
@@ -60,7 +61,8 @@ class Dashboard(Callback):
         return plot_histories(runs, title=title)
 
     def request_stop(self) -> None:
-        """What the Stop button does: end the run after the current step."""
+        """End the run after the current step (for a callback or a test; in Jupyter, the
+        toolbar's stop button interrupts the kernel, which ``fit`` handles the same way)."""
         self.stop_requested = True
 
     # the callback ------------------------------------------------------------------------
@@ -72,21 +74,16 @@ class Dashboard(Callback):
         from IPython.display import display
 
         self._output = w.Output()
-        self._button = w.Button(description="Stop", icon="stop", button_style="danger",
-                                tooltip="end training after the current step")
-        self._button.on_click(lambda _: self.request_stop())
         self._status = w.HTML(self._status_text(run))
-        row = w.HBox([self._button, self._status])
-        self._widgets = [w.VBox([row, self._output]), row, self._button, self._status, self._output]
+        hint = w.HTML("<i>to stop: Jupyter's stop button &#9632; (training ends cleanly after the current "
+                      "step)</i>")
+        self._widgets = [w.VBox([self._status, hint, self._output]), self._status, hint, self._output]
         self._handle = display(self._widgets[0], display_id=True)
-        self._poll = self._start_polling()
         self._redraw()
 
     def on_step_end(self, run):
-        if self._poll is not None:
-            self._poll(5)  # let a click on Stop reach us while the cell is still running
         if self.stop_requested:
-            run.stop, run.reason = True, "stopped with the dashboard's Stop button"
+            run.stop, run.reason = True, "stopped with Dashboard.request_stop()"
         if self.live and run.step % self.every == 0:
             self._redraw()
 
@@ -95,8 +92,6 @@ class Dashboard(Callback):
             self._redraw()
 
     def on_train_end(self, run):
-        self._events.close()
-        self._poll = None
         if not self.live or self._handle is None:
             return
         fig = self.figure(title=self._status_text(run, final=True))
@@ -106,21 +101,6 @@ class Dashboard(Callback):
             widget.close()
 
     # inside ------------------------------------------------------------------------------
-    def _start_polling(self):
-        """A function that handles pending widget events (the Stop button) for a few ms.
-
-        A Jupyter kernel handles a button's click only between cells; jupyter-ui-poll lets a
-        running cell handle it. Without it, Jupyter's own stop button (an interrupt) still ends
-        a run cleanly."""
-        try:
-            from jupyter_ui_poll import ui_events
-        except ImportError:
-            return None
-        try:
-            return self._events.enter_context(ui_events())
-        except Exception:  # noqa: BLE001 -- a frontend or kernel it does not know: no polling
-            return None
-
     def _status_text(self, run, final=False):
         done = run.history.epochs
         text = f"epoch {run.epoch}/{run.epochs}, step {run.step}"
@@ -138,8 +118,12 @@ class Dashboard(Callback):
 
         self.redraws += 1
         self._status.value = self._status_text(self._run)
-        fig = self.figure()
-        with self._output:
-            self._output.clear_output(wait=True)
-            display(fig)
-        plt.close(fig)
+        before = set(plt.get_fignums())
+        try:
+            fig = self.figure()
+            with self._output:
+                self._output.clear_output(wait=True)
+                display(fig)
+        finally:  # also when an interrupt lands mid-drawing: no half-made figure is left to show
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
