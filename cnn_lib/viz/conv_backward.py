@@ -210,8 +210,10 @@ def plot_input_pixel_reach(kernel, x_shape, stride=1, padding=0, row=0, col=0, d
     library_value: optional number to print next to the hand-made sum (e.g. Conv2d.backward's
                    dx[row, col]), so the picture checks itself
     returns:       a Figure with three panels: the padded input with the pixel and the windows
-                   that contain it; the kernel with the taps that touched the pixel, coloured
-                   like the outputs that used them; dy with those outputs. The bottom line
+                   that contain it (outlined in their outputs' colours, or with more than four of
+                   them, each pixel numbered by how many of the windows hold it); the kernel
+                   with the taps that touched the pixel, coloured like the outputs that used
+                   them; dy with those outputs. The bottom line
                    writes dx[row, col] = sum of dy * W over the pairs.
     """
     kernel = np.asarray(kernel, dtype=float)
@@ -238,16 +240,31 @@ def plot_input_pixel_reach(kernel, x_shape, stride=1, padding=0, row=0, col=0, d
 
     # input, padded
     hp, wp = h + 2 * ph, w + 2 * pw
-    _grid_axes(ax_x, hp, wp, f"input x (padding hatched)\npixel x[{row}, {col}]", ph, pw)
+    # up to 4 windows: each one outlined in its output's colour; more would be a tangle of
+    # outlines, so then each pixel is shaded by how many of the windows cover it instead
+    outline = len(pairs) <= 4
+    cover = np.zeros((hp, wp), dtype=int)
+    for (i, j), _ in pairs:
+        cover[i * sh : i * sh + kh, j * sw : j * sw + kw] += 1
+    title = f"input x (padding hatched)\npixel x[{row}, {col}]"
+    if not outline:
+        title = f"input x, pixel x[{row}, {col}]\n(number: how many of the windows hold a pixel)"
+    _grid_axes(ax_x, hp, wp, title, ph, pw)
     for r in range(hp):
         for c in range(wp):
             is_pad = not (ph <= r < ph + h and pw <= c < pw + w)
-            _cell(ax_x, c, r, face=_PAD_COLOR if is_pad else "white", hatch="//" if is_pad else None, lw=0.5)
+            face = _PAD_COLOR if is_pad else "white"
+            text = ""
+            if not outline and cover[r, c]:
+                face = plt.cm.Blues(0.12 + 0.45 * cover[r, c] / cover.max())
+                text = str(cover[r, c])
+            _cell(ax_x, c, r, text, face=face, hatch="//" if is_pad else None, lw=0.5, fontsize=8)
     _cell(ax_x, col + pw, row + ph, "●", face="#fde0dd", edge=_HIGHLIGHT, lw=2.5, color=_HIGHLIGHT)
-    for n, ((i, j), _) in enumerate(pairs):
-        inset = 0.08 + 0.06 * (n % 4)  # nested outlines stay visible where windows overlap
-        ax_x.add_artist(Rectangle((j * sw - 0.5 + inset, i * sh - 0.5 + inset), kw - 2 * inset,
-                                 kh - 2 * inset, fill=False, edgecolor=color_of[(i, j)], lw=1.5))
+    if outline:
+        for n, ((i, j), _) in enumerate(pairs):
+            inset = 0.08 + 0.06 * (n % 4)  # nested outlines stay visible where windows overlap
+            ax_x.add_artist(Rectangle((j * sw - 0.5 + inset, i * sh - 0.5 + inset), kw - 2 * inset,
+                                     kh - 2 * inset, fill=False, edgecolor=color_of[(i, j)], lw=1.5))
 
     # kernel, used taps coloured like the output that used them
     _grid_axes(ax_w, kh, kw, "kernel W:\ntaps that touched it")
