@@ -35,8 +35,6 @@ import numpy as np
 from . import _checks
 from .kernels import TIERS, conv_output_hw, conv_transpose_output_hw
 
-IMPLEMENTATIONS = TIERS
-
 
 def as_generator(rng) -> np.random.Generator:
     """Accept a ``np.random.Generator``, an int seed, or None (fresh, unseeded generator)."""
@@ -97,13 +95,13 @@ class Layer:
 
     @impl.setter
     def impl(self, value: str):
-        if value not in IMPLEMENTATIONS:
-            raise ValueError(f"impl must be one of {sorted(IMPLEMENTATIONS)}, got {value!r}")
+        if value not in TIERS:
+            raise ValueError(f"impl must be one of {sorted(TIERS)}, got {value!r}")
         self._impl = value
 
     @property
     def _k(self):
-        return IMPLEMENTATIONS[self._impl]
+        return TIERS[self._impl]
 
     @property
     def name(self) -> str:

@@ -17,6 +17,8 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Rectangle
 
+from ..kernels import conv_output_size
+
 __all__ = [
     "outputs_reading_pixel",
     "plot_kernel_walk_1d",
@@ -39,10 +41,6 @@ def _pair(value) -> tuple[int, int]:
         return int(value), int(value)
     first, second = value
     return int(first), int(second)
-
-
-def _output_len(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
 
 
 def _fmt(value) -> str:
@@ -80,7 +78,7 @@ def outputs_reading_pixel(x_shape, kernel_shape, stride=1, padding=0, row=0, col
         raise ValueError(f"pixel ({row}, {col}) is outside the {h}x{w} input")
     if kh > h + 2 * ph or kw > w + 2 * pw:
         raise ValueError(f"kernel {kh}x{kw} is larger than the padded input {h + 2 * ph}x{w + 2 * pw}")
-    ho, wo = _output_len(h, kh, sh, ph), _output_len(w, kw, sw, pw)
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     rows = [(i, row + ph - i * sh) for i in range(ho) if 0 <= row + ph - i * sh < kh]
     cols = [(j, col + pw - j * sw) for j in range(wo) if 0 <= col + pw - j * sw < kw]
     return [((i, j), (p, q)) for i, p in rows for j, q in cols]
@@ -222,7 +220,7 @@ def plot_input_pixel_reach(kernel, x_shape, stride=1, padding=0, row=0, col=0, d
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     pairs = outputs_reading_pixel((h, w), (kh, kw), (sh, sw), (ph, pw), row, col)
-    ho, wo = _output_len(h, kh, sh, ph), _output_len(w, kw, sw, pw)
+    ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
     if dy is not None:
         dy = np.asarray(dy, dtype=float)
         if dy.shape != (ho, wo):
@@ -362,7 +360,7 @@ def plot_full_conv_route(dy, kernel, x_shape, stride=1, padding=0):
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     hp, wp = h + 2 * ph, w + 2 * pw
-    if dy.shape != (_output_len(h, kh, sh, ph), _output_len(w, kw, sw, pw)):
+    if dy.shape != (conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)):
         raise ValueError(f"dy has shape {dy.shape}, which is not the output shape of this convolution")
     big, real = _dilate_and_pad(dy, (kh, kw), (sh, sw), (hp, wp))
     rotated = kernel[::-1, ::-1]

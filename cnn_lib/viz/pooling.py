@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import ConnectionPatch, Rectangle
 
+from ..kernels import conv_output_hw
+
 __all__ = [
     "pool_routes",
     "routed_gradient",
@@ -60,7 +62,7 @@ def pool_routes(x, kernel=2, stride=None, mode="max", tie_rule="first"):
     h, w = x.shape
     if kh > h or kw > w:
         raise ValueError(f"window {kh}x{kw} is larger than the input {h}x{w}")
-    ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+    ho, wo = conv_output_hw((h, w), (kh, kw), (sh, sw))
     y = np.zeros((ho, wo))
     routes = {}
     for i in range(ho):

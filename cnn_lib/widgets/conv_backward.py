@@ -12,6 +12,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..kernels import conv_output_hw
 from ..layers import Conv2d
 from ..viz.conv_backward import outputs_reading_pixel, plot_input_pixel_reach
 
@@ -68,7 +69,7 @@ class InputPixelExplorer:
         """(H_out, W_out) for the current stride and padding."""
         (h, w), (kh, kw) = self.x_shape, self.kernel.shape
         s, p = self.stride, self.padding
-        return (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
+        return conv_output_hw((h, w), (kh, kw), (s, s), (p, p))
 
     def upstream(self) -> np.ndarray:
         """The (H_out, W_out) upstream gradient dy used for the current setting."""
