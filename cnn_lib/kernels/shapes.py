@@ -1,14 +1,15 @@
 """Output sizes: the one place where the shape arithmetic of convolution and pooling lives.
 
 Every layer, kernel, figure and widget of cnn_lib takes its sizes from here. The formulas are
-PyTorch's (no dilation):
+PyTorch's (no dilation), in the course's notation (lesson 00: kernel size k, stride s,
+padding P):
 
-    convolution, pooling:    H_out = floor((H + 2*P - k) / S) + 1
-    transposed convolution:  H_out = (H - 1)*S - 2*P + k + output_padding
+    convolution, pooling:    H_out = floor((H + 2*P - k) / s) + 1
+    transposed convolution:  H_out = (H - 1)*s - 2*P + k + output_padding
 
-A transposed convolution with the same k, S, P maps a convolution's output size back to its
-input size. With S > 1 several input sizes give the same convolution output (the floor
-drops up to S - 1 rows), and ``output_padding`` (0 <= output_padding < S) picks which one.
+A transposed convolution with the same k, s, P maps a convolution's output size back to its
+input size. With s > 1 several input sizes give the same convolution output (the floor
+drops up to s - 1 rows), and ``output_padding`` (0 <= output_padding < s) picks which one.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ def conv_step_numbers(x, kernel, row, col, stride=1, padding=0):
         stride, padding: ints, the same along both axes.
 
     Returns:
-        A dict with ``x_padded (H+2p, W+2p)``, ``top``, ``left`` (the window's top-left
+        A dict with ``x_padded (H+2P, W+2P)``, ``top``, ``left`` (the window's top-left
         corner in padded coordinates), ``window (kH, kW)``, ``products (kH, kW)`` =
         window * kernel, ``value`` = their sum, and ``y (H_out, W_out)``, the whole output.
     """
@@ -198,7 +198,7 @@ def show_output_size_1d(settings, *, title="Where the windows fit along one axis
     (named rather than shown as their value 0, which would read like pixel index 0); windows
     are bars labelled with the output index they produce; cells no window reaches (because the
     next stride step would run off the end) are hatched. The count of bars is
-    ``floor((H + 2p - k) / s) + 1``.
+    ``floor((H + 2P - k) / s) + 1`` (lesson 00's notation).
 
     Args:
         settings: a list of ``(size, kernel, stride, padding)`` tuples of ints.
@@ -234,7 +234,7 @@ def show_output_size_1d(settings, *, title="Where the windows fit along one axis
             ax.add_patch(Rectangle((t * s + 0.08, y0), k - 0.16, 0.65, facecolor=colors(t % 10),
                                    alpha=0.75, edgecolor="none"))
             ax.text(t * s + k / 2, y0 + 0.32, f"y[{t}]", ha="center", va="center", fontsize=8)
-        formula = (f"H={size}, k={k}, s={s}, p={p}:  floor(({size} + 2*{p} - {k}) / {s}) + 1 "
+        formula = (f"H={size}, k={k}, s={s}, P={p}:  floor(({size} + 2*{p} - {k}) / {s}) + 1 "
                    f"= {n_out} output{'s' if n_out != 1 else ''}")
         ax.text(0, 1.3, formula, fontsize=9, va="bottom")
         ax.set_xlim(-0.2, width + 0.2)
