@@ -9,8 +9,11 @@ from .gradcheck import check_layer, numerical_gradient, relative_error
 from .kernels.fast import get_num_threads, set_num_threads
 from .layers import (
     AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
     Conv2d,
     ConvTranspose2d,
+    Dropout,
     Flatten,
     Layer,
     LeakyReLU,
@@ -20,6 +23,7 @@ from .layers import (
     ReLU,
     Sigmoid,
     Tanh,
+    Unflatten,
 )
 from .losses import BCEWithLogits, SoftmaxCrossEntropy
 from .model import Sequential
@@ -29,9 +33,9 @@ from .training import Callback, Checkpoint, History, ProgressBar, StopWhen, eval
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adam", "AvgPool2d", "BCEWithLogits", "Callback", "Checkpoint", "Conv2d", "ConvTranspose2d",
-    "Flatten", "History", "Layer", "LeakyReLU", "Linear", "MaxPool2d", "Parameter",
-    "ProgressBar", "ReLU", "SGD", "Sequential", "Sigmoid", "SoftmaxCrossEntropy", "StopWhen",
-    "Tanh", "check_layer", "evaluate", "fit", "get_num_threads", "numerical_gradient", "predict",
-    "relative_error", "set_num_threads",
+    "Adam", "AvgPool2d", "BCEWithLogits", "BatchNorm1d", "BatchNorm2d", "Callback", "Checkpoint",
+    "Conv2d", "ConvTranspose2d", "Dropout", "Flatten", "History", "Layer", "LeakyReLU", "Linear",
+    "MaxPool2d", "Parameter", "ProgressBar", "ReLU", "SGD", "Sequential", "Sigmoid",
+    "SoftmaxCrossEntropy", "StopWhen", "Tanh", "Unflatten", "check_layer", "evaluate", "fit",
+    "get_num_threads", "numerical_gradient", "predict", "relative_error", "set_num_threads",
 ]

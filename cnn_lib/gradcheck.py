@@ -171,7 +171,9 @@ def check_layer(layer, x, *forward_args, params=None, h: float = 1e-6, tol: floa
 
     If forward returns a scalar (a loss), L is that scalar and backward is called with no
     upstream gradient. A layer with ``zero_grad`` has it called before its backward (cnn_lib's
-    backward adds into ``grads``); a layer's ``buffers`` are restored after every forward pass.
+    backward adds into ``grads``); a layer's ``buffers`` are restored after every forward pass,
+    and the random generators of a layer and its sub-layers (an ``rng`` attribute, as Dropout
+    has) before each one, so that every probe sees the same random mask.
     """
     fwd, bwd = getattr(layer, forward), getattr(layer, backward)
     name = getattr(layer, "name", None)
@@ -194,10 +196,15 @@ def check_layer(layer, x, *forward_args, params=None, h: float = 1e-6, tol: floa
     # starts from the same ones, and the layer gets its own back at the end
     buffers = dict(getattr(layer, "buffers", None) or {})
     saved_buffers = {name: value.copy() for name, value in buffers.items()}
+    # a layer that draws random numbers (Dropout's masks) draws the same ones on every probe
+    generators = _random_generators(layer)
+    saved_states = [g.bit_generator.state for g in generators]
 
     def restore_buffers():
         for name, value in buffers.items():
             value[...] = saved_buffers[name]
+        for g, state in zip(generators, saved_states):
+            g.bit_generator.state = state
 
     def restore():
         for name, value in params.items():
@@ -205,6 +212,7 @@ def check_layer(layer, x, *forward_args, params=None, h: float = 1e-6, tol: floa
         restore_buffers()
 
     def run_forward(x_in):
+        restore_buffers()
         y = fwd(x_in, *forward_args)
         restore_buffers()
         return y
@@ -252,6 +260,18 @@ def check_layer(layer, x, *forward_args, params=None, h: float = 1e-6, tol: floa
     finally:
         restore()
     return report
+
+
+def _random_generators(layer) -> list[np.random.Generator]:
+    """The ``rng`` generators of a layer and of its sub-layers (``layers``), each once."""
+    found, todo = [], [layer]
+    while todo:
+        item = todo.pop()
+        g = getattr(item, "rng", None)
+        if isinstance(g, np.random.Generator) and all(g is not f for f in found):
+            found.append(g)
+        todo.extend(getattr(item, "layers", None) or [])
+    return found
 
 
 def _compare(name, shape, analytic, numerical, tol, what) -> GradResult:

@@ -33,6 +33,7 @@ import tempfile
 import numpy as np
 
 from . import _checks
+from .init import initialise
 from .kernels import TIERS, conv_output_hw, conv_transpose_output_hw
 
 
@@ -209,25 +210,12 @@ class Layer:
         return f"{self.name}({self.extra_repr()})"
 
 
-def _uniform_init(rng, shape, fan_in, dtype):
-    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)): PyTorch's default for conv and linear layers."""
-    bound = 1.0 / np.sqrt(fan_in)
-    return rng.uniform(-bound, bound, size=shape).astype(dtype)
-
-
-def _init_weights(layer, init, rng, w_shape, b_shape, fan_in, bias, dtype):
-    rng = as_generator(rng)
-    if init == "uniform":
-        layer.params["weight"] = _uniform_init(rng, w_shape, fan_in, dtype)
-        if bias:
-            layer.params["bias"] = _uniform_init(rng, b_shape, fan_in, dtype)
-    elif init == "he":
-        # He et al. 2015: std = sqrt(2 / fan_in) keeps activations' variance through ReLUs.
-        layer.params["weight"] = (rng.standard_normal(w_shape) * np.sqrt(2.0 / fan_in)).astype(dtype)
-        if bias:
-            layer.params["bias"] = np.zeros(b_shape, dtype=dtype)
-    else:
-        raise ValueError(f"init must be 'uniform' or 'he', got {init!r}")
+def _init_weights(layer, init, rng, w_shape, b_shape, bias, dtype):
+    """Fill ``layer.params`` with the initialiser named ``init`` (:mod:`cnn_lib.init`)."""
+    weight, b = initialise(as_generator(rng), init, w_shape, b_shape, bias, dtype)
+    layer.params["weight"] = weight
+    if b is not None:
+        layer.params["bias"] = b
 
 
 class _ConvBase(Layer):
@@ -257,13 +245,8 @@ class _ConvBase(Layer):
                              f"output_padding={self.output_padding} with stride={self.stride} "
                              "(it picks one of the stride sizes a strided convolution maps onto "
                              "the same output size)")
-        kh, kw = self.kernel_size
-        if self.transposed:
-            # PyTorch computes fan_in from weight.shape[1] * kH * kW for transposed convs too.
-            w_shape, fan_in = (in_channels, out_channels, kh, kw), out_channels * kh * kw
-        else:
-            w_shape, fan_in = (out_channels, in_channels, kh, kw), in_channels * kh * kw
-        _init_weights(self, init, rng, w_shape, (out_channels,), fan_in, bias, dtype)
+        channels = (in_channels, out_channels) if self.transposed else (out_channels, in_channels)
+        _init_weights(self, init, rng, (*channels, *self.kernel_size), (out_channels,), bias, dtype)
 
     def output_shape(self, input_shape) -> tuple[int, int, int, int]:
         """The shape of ``forward``'s output for an input of ``input_shape`` (N, C_in, H, W)."""
@@ -436,8 +419,7 @@ class Linear(Layer):
         super().__init__()
         self.in_features = _checks.positive_int(in_features, "in_features")
         self.out_features = _checks.positive_int(out_features, "out_features")
-        _init_weights(self, init, rng, (out_features, in_features), (out_features,),
-                      in_features, bias, dtype)
+        _init_weights(self, init, rng, (out_features, in_features), (out_features,), bias, dtype)
 
     def forward(self, x):
         layout = f"(N, {self.in_features})"
@@ -474,6 +456,171 @@ class Flatten(Layer):
     def backward(self, dy):
         _, x_shape = self._start_backward(dy)
         return dy.reshape(x_shape)
+
+
+class Unflatten(Layer):
+    """(N, d) -> (N, *shape) with d = prod(shape): Flatten's inverse (PyTorch's
+    ``nn.Unflatten(1, shape)``). A GAN's generator uses it between its Linear and its first
+    ConvTranspose2d. Backward reshapes the gradient back to (N, d).
+
+    Unflatten(shape)      e.g. Unflatten((128, 7, 7)) turns (N, 6272) into (N, 128, 7, 7)
+    """
+
+    def __init__(self, shape):
+        super().__init__()
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        self.shape = tuple(_checks.positive_int(d, "shape entries") for d in shape)
+        if not self.shape:
+            raise ValueError("Unflatten: shape must have at least one entry, e.g. (128, 7, 7)")
+        self.size = int(np.prod(self.shape))
+
+    def forward(self, x):
+        _checks.float_array(x, "x", self.name, ndim=2, layout=f"(N, {self.size})")
+        if x.shape[1] != self.size:
+            raise ValueError(f"{self.name}: expected x of shape (N, {self.size}) to reshape to "
+                             f"(N, {', '.join(map(str, self.shape))}), got {x.shape}")
+        y = x.reshape(x.shape[0], *self.shape)
+        self._cache = (None, x.shape, y.shape)
+        return y
+
+    def backward(self, dy):
+        _, x_shape = self._start_backward(dy)
+        return dy.reshape(x_shape)
+
+    def extra_repr(self):
+        return f"{self.shape}"
+
+
+class _BatchNorm(Layer):
+    """What BatchNorm1d and BatchNorm2d share; they differ only in the input layout."""
+
+    ndims: tuple = ()
+    layout = ""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, dtype=np.float32):
+        super().__init__()
+        self.num_features = _checks.positive_int(num_features, "num_features")
+        self.eps = float(eps)
+        if not self.eps > 0:
+            raise ValueError(f"{self.name}: eps must be > 0, got {eps!r}")
+        self.momentum = float(momentum)
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"{self.name}: momentum must be between 0 and 1 (PyTorch's meaning: "
+                             f"the weight of the new batch in the running averages), got {momentum!r}")
+        self.params = {"weight": np.ones(num_features, dtype), "bias": np.zeros(num_features, dtype)}
+        self.buffers = {"running_mean": np.zeros(num_features, dtype),
+                        "running_var": np.ones(num_features, dtype)}
+
+    def forward(self, x):
+        _checks.float_array(x, "x", self.name, layout=self.layout)
+        if x.ndim not in self.ndims:
+            raise ValueError(f"{self.name}: expected x of shape {self.layout}, got shape {x.shape}")
+        _checks.channels(x, self.num_features, self.name)
+        gamma, beta = self._cast("weight", x), self._cast("bias", x)
+        if not self.training:
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            y, _, _, cache = self._k.batchnorm_forward(x, gamma, beta, self.eps,
+                                                       rm.astype(x.dtype), rv.astype(x.dtype))
+        else:
+            m = x.size // self.num_features
+            if m < 2:
+                raise ValueError(
+                    f"{self.name}: in training mode each channel needs more than 1 value to take "
+                    f"a variance over, got x of shape {x.shape}: use a batch of 2 or more, or "
+                    "call eval() to normalise with the running statistics")
+            y, mean, var, cache = self._k.batchnorm_forward(x, gamma, beta, self.eps)
+            # PyTorch's convention: new = (1 - momentum) * old + momentum * batch, with the
+            # batch's *unbiased* variance (M/(M-1) times the one used to normalise)
+            for name, batch in (("running_mean", mean), ("running_var", var * (m / (m - 1)))):
+                buf = self.buffers[name]
+                buf *= 1.0 - self.momentum
+                buf += (self.momentum * batch).astype(buf.dtype, copy=False)
+        self._cache = (self._k, cache, y.shape)
+        return y
+
+    def backward(self, dy):
+        kernels, cache = self._start_backward(dy)
+        dx, dgamma, dbeta = kernels.batchnorm_backward(dy, cache)
+        self.add_grads(weight=dgamma, bias=dbeta)
+        return dx
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of features: each feature (column) scaled to mean 0, variance 1
+    over the batch, then by a learned ``weight`` (gamma) and ``bias`` (beta).
+
+    BatchNorm1d(num_features, eps=1e-5, momentum=0.1, dtype=np.float32)
+
+    Training mode: the batch's mean and biased variance normalise; the running statistics
+    (buffers ``running_mean``, ``running_var``) move towards the batch's,
+    ``new = (1 - momentum) * old + momentum * batch`` (PyTorch's convention, unbiased variance).
+    Evaluation mode: the running statistics normalise, so one example's output no longer
+    depends on the rest of its batch.
+
+    Shape:
+        x: (N, C) or (N, C, L) -> y: the same; statistics per channel C
+        params: weight (C,) (starts at 1), bias (C,) (starts at 0); buffers the same shapes
+    """
+
+    ndims = (2, 3)
+    layout = "(N, C) or (N, C, L)"
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation of image channels: each channel normalised over the batch *and*
+    every position (N*H*W values), then scaled and shifted by its ``weight`` and ``bias``.
+
+    BatchNorm2d(num_features, eps=1e-5, momentum=0.1, dtype=np.float32)
+
+    Train and eval modes, and the running statistics, as for :class:`BatchNorm1d`.
+
+    Shape:
+        x: (N, C, H, W) -> y: (N, C, H, W)
+        params: weight (C,), bias (C,); buffers running_mean (C,), running_var (C,)
+    """
+
+    ndims = (4,)
+    layout = "(N, C, H, W)"
+
+
+class Dropout(Layer):
+    """In training mode, zero each input with probability ``p`` and scale the rest by
+    1/(1 - p) (so the expected output is the input); in evaluation mode, do nothing.
+
+    Dropout(p=0.5, rng=None)    rng: a np.random.Generator or an int seed; the masks are drawn
+                                from it, so a seeded run drops the same units every time
+
+    Backward multiplies dy by the same mask (zero or 1/(1 - p)) that the forward pass used.
+
+    Shape: x (any) -> y (the same).
+    """
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating)) or not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self.rng = as_generator(rng)
+
+    def forward(self, x):
+        _checks.float_array(x, "x", self.name)
+        if not self.training or self.p == 0.0:
+            self._cache = (None, None, x.shape)
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._cache = (None, mask, x.shape)
+        return x * mask
+
+    def backward(self, dy):
+        _, mask = self._start_backward(dy)
+        return dy if mask is None else dy * mask
+
+    def extra_repr(self):
+        return f"p={self.p}"
 
 
 class _Activation(Layer):

@@ -19,15 +19,20 @@ from cnn_lib import (  # noqa: E402
     SGD,
     Adam,
     AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
     BCEWithLogits,
     Conv2d,
     ConvTranspose2d,
     Flatten,
+    LeakyReLU,
     Linear,
     MaxPool2d,
     ReLU,
     Sequential,
     SoftmaxCrossEntropy,
+    Tanh,
+    Unflatten,
 )
 
 torch.set_default_dtype(torch.float64)
@@ -153,3 +158,79 @@ def test_training_steps_match_torch(opt_name):
         topt.step()
     for (name, ours_p), theirs_p in zip(ours.params.items(), theirs.parameters()):
         np.testing.assert_allclose(ours_p, theirs_p.detach().numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (5, 3, 7), (4, 3, 5, 6)], ids=["bn1d", "bn1d (N,C,L)", "bn2d"])
+@pytest.mark.parametrize("momentum", [0.1, 0.7])
+def test_batchnorm_matches_torch_over_several_steps(shape, momentum):
+    """Outputs, every gradient and the running statistics after four training steps, then
+    evaluation mode, against torch.nn.BatchNorm1d/2d with the same weights."""
+    rng = np.random.default_rng(0)
+    ours = (BatchNorm2d if len(shape) == 4 else BatchNorm1d)(shape[1], momentum=momentum, dtype=np.float64)
+    theirs = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(shape[1], momentum=momentum)
+    gamma, beta = rng.uniform(0.5, 2, shape[1]), rng.standard_normal(shape[1])
+    ours.params["weight"][...], ours.params["bias"][...] = gamma, beta
+    with torch.no_grad():
+        theirs.weight.copy_(torch.from_numpy(gamma))
+        theirs.bias.copy_(torch.from_numpy(beta))
+    for _ in range(4):
+        x = rng.standard_normal(shape) * 3 + 1
+        dy = rng.standard_normal(shape)
+        ours.zero_grad()
+        y = ours.forward(x)
+        dx = ours.backward(dy)
+        xt = t(x)
+        theirs.zero_grad()
+        yt = theirs(xt)
+        yt.backward(t(dy, grad=False))
+        close(y, yt)
+        close(dx, xt.grad)
+        close(ours.grads["weight"], theirs.weight.grad)
+        close(ours.grads["bias"], theirs.bias.grad)
+        close(ours.buffers["running_mean"], theirs.running_mean)
+        close(ours.buffers["running_var"], theirs.running_var)
+    ours.eval()
+    theirs.eval()
+    x, dy = rng.standard_normal(shape), rng.standard_normal(shape)
+    xt = t(x)
+    yt = theirs(xt)
+    yt.backward(t(dy, grad=False))
+    close(ours.forward(x), yt)
+    close(ours.backward(dy), xt.grad)
+
+
+def test_dcgan_shaped_generator_and_discriminator_match_torch():
+    """A small generator (Linear, Unflatten, ConvTranspose2d + BatchNorm2d, Tanh) feeding a
+    discriminator (strided Conv2d, LeakyReLU, Linear) and BCEWithLogits: the loss, the
+    gradient that flows from D back into G's input, and G's weight gradients."""
+    rng = np.random.default_rng(0)
+    f64 = np.float64
+    gen = Sequential(Linear(5, 4 * 4 * 4, rng=0, dtype=f64), Unflatten((4, 4, 4)), BatchNorm2d(4, dtype=f64),
+                     ReLU(), ConvTranspose2d(4, 1, 4, stride=2, padding=1, rng=1, dtype=f64), Tanh())
+    disc = Sequential(Conv2d(1, 3, 4, stride=2, padding=1, rng=2, dtype=f64), LeakyReLU(0.2), Flatten(),
+                      Linear(3 * 4 * 4, 1, rng=3, dtype=f64))
+    nn = torch.nn
+    tgen = nn.Sequential(nn.Linear(5, 64), nn.Unflatten(1, (4, 4, 4)), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.ConvTranspose2d(4, 1, 4, 2, 1), nn.Tanh())
+    tdisc = nn.Sequential(nn.Conv2d(1, 3, 4, 2, 1), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(48, 1))
+    with torch.no_grad():
+        for ours, theirs in ((gen, tgen), (disc, tdisc)):
+            for (_, p), tp in zip(ours.params.items(), theirs.parameters()):
+                tp.copy_(torch.from_numpy(p))
+    z = rng.standard_normal((6, 5))
+    loss_fn = BCEWithLogits()
+    fake = gen.forward(z)
+    loss = loss_fn.forward(disc.forward(fake), np.ones((6, 1)))   # the generator's loss
+    d_fake = disc.backward(loss_fn.backward())                     # dL/d(fake image): D -> G
+    dz = gen.backward(d_fake)
+    zt = t(z)
+    fake_t = tgen(zt)
+    fake_t.retain_grad()
+    lt = tnn.binary_cross_entropy_with_logits(tdisc(fake_t), torch.ones(6, 1))
+    lt.backward()
+    assert np.isclose(loss, lt.item(), rtol=1e-12)
+    close(fake, fake_t)
+    close(d_fake, fake_t.grad)
+    close(dz, zt.grad)
+    for (name, g), tp in zip(gen.grads.items(), tgen.parameters()):
+        np.testing.assert_allclose(g, tp.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)

@@ -13,11 +13,15 @@ tier its ``impl`` names; the kernel knows nothing about layers. Every tier has e
     y, cache       = relu_forward(x)                           dx = relu_backward(dy, cache)
     (likewise leaky_relu (with ``slope``), sigmoid, tanh)
     loss, dlogits  = softmax_cross_entropy(logits, labels)
+    y, mean, var, cache = batchnorm_forward(x, gamma, beta, eps, mean=None, var=None)
+    dx, dgamma, dbeta   = batchnorm_backward(dy, cache)
 
 * Shapes are PyTorch's: images ``(N, C, H, W)``, conv weights ``(C_out, C_in, kH, kW)``,
   transposed-conv weights ``(C_in, C_out, kH, kW)``, linear weights ``(out, in)``;
   ``kernel``, ``stride``, ``padding`` and ``output_padding`` are ``(int, int)`` pairs; ``bias``
   may be None (then ``db`` is None). Output sizes come from :mod:`cnn_lib.kernels.shapes`.
+* Letters in docstrings are the course's (the table in lesson 00): taps ``(p, q)``, output
+  position ``(i, j)``, stride ``s`` (``sh``, ``sw``), padding ``P`` (``ph``, ``pw``).
 * ``cache`` is whatever that tier's backward needs; it belongs to the tier that made it (a
   cache of one tier is no input for another) and is read, never changed, by backward.
 * ``need_input_grad=False``: dx is not wanted (a network's first layer) and None is returned
@@ -54,6 +58,7 @@ KERNELS = (
     "linear_forward", "linear_backward", "relu_forward", "relu_backward",
     "leaky_relu_forward", "leaky_relu_backward", "sigmoid_forward", "sigmoid_backward",
     "tanh_forward", "tanh_backward", "softmax_cross_entropy",
+    "batchnorm_forward", "batchnorm_backward",
 )
 
 __all__ = ["KERNELS", "TIERS", "conv_output_hw", "conv_output_size", "conv_transpose_output_hw",

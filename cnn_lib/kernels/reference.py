@@ -322,3 +322,56 @@ def tanh_forward(x):
 def tanh_backward(dy, y):
     """dy -> dx = dy * (1 - y^2): d tanh / dx = 1 - tanh^2."""
     return dy * _elementwise(y, lambda t: 1 - t * t)
+
+
+def batchnorm_forward(x, gamma, beta, eps, mean=None, var=None):
+    """Batch normalisation of each channel (axis 1) over every other axis:
+
+        x_hat = (x - mean_c) / sqrt(var_c + eps),   y = gamma_c * x_hat + beta_c
+
+    x (N, C) or (N, C, H, W), gamma, beta (C,). Training (mean, var None): mean_c and var_c
+    are the channel's mean and *biased* variance over its M = N*H*W values in this batch.
+    Evaluation: the given (C,) mean and var (the running statistics) are used instead.
+    -> y (x's shape), mean (C,), var (C,), cache (x_hat, gamma, 1/sqrt(var + eps), training)
+    """
+    n_channels = x.shape[1]
+    training = mean is None
+    if training:
+        mean, var = np.zeros(n_channels, x.dtype), np.zeros(n_channels, x.dtype)
+    y, x_hat = np.zeros_like(x), np.zeros_like(x)
+    inv_std = np.zeros(n_channels, x.dtype)
+    for c in range(n_channels):
+        values = x[:, c]                                # (N,) or (N, H, W): the channel's M values
+        if training:
+            m = values.size
+            mean[c] = np.sum(values) / m
+            var[c] = np.sum((values - mean[c]) ** 2) / m
+        inv_std[c] = 1.0 / np.sqrt(var[c] + eps)
+        x_hat[:, c] = (values - mean[c]) * inv_std[c]
+        y[:, c] = gamma[c] * x_hat[:, c] + beta[c]
+    return y, mean, var, (x_hat, gamma, inv_std, training)
+
+
+def batchnorm_backward(dy, cache):
+    """dy (x's shape) -> dx, dgamma (C,), dbeta (C,); per channel, over its M values:
+
+        dbeta_c  = sum dy,   dgamma_c = sum dy * x_hat
+        training:   dx = gamma_c / sqrt(var_c + eps) * (dy - (dbeta_c + x_hat * dgamma_c) / M)
+        evaluation: dx = gamma_c / sqrt(var_c + eps) * dy      (mean and var are constants)
+
+    In training the batch's mean and variance depend on every x, and the two subtracted
+    terms are their share of the gradient (lesson 10 derives them).
+    """
+    x_hat, gamma, inv_std, training = cache
+    n_channels = dy.shape[1]
+    dx = np.zeros_like(dy)
+    dgamma, dbeta = np.zeros(n_channels, dy.dtype), np.zeros(n_channels, dy.dtype)
+    for c in range(n_channels):
+        g, xh = dy[:, c], x_hat[:, c]
+        dbeta[c] = np.sum(g)
+        dgamma[c] = np.sum(g * xh)
+        if training:
+            dx[:, c] = gamma[c] * inv_std[c] * (g - (dbeta[c] + xh * dgamma[c]) / g.size)
+        else:
+            dx[:, c] = gamma[c] * inv_std[c] * g
+    return dx, dgamma, dbeta

@@ -124,7 +124,7 @@ def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), out
     """A convolution's input gradient, used as a layer: ``y = crop(col2im(x_mat @ W_mat))``.
 
     x (N, C_in, H, W), weight (C_in, C_out, kH, kW) (PyTorch's layout), bias (C_out,) or None
-    -> y (N, C_out, H_out, W_out) with H_out = (H-1)*S - 2P + kH + output_padding,
+    -> y (N, C_out, H_out, W_out) with H_out = (H-1)*s - 2P + kH + output_padding,
        cache (x_mat (N*H*W, C_in), x.shape, weight, has bias, stride, padding)
 
     Each input pixel stamps its value times the kernel onto the (padded) output; the
@@ -322,3 +322,42 @@ def tanh_forward(x):
 def tanh_backward(dy, y):
     """dy (y's shape) -> dx = dy * (1 - y^2)."""
     return dy * (1 - y * y)
+
+
+def _channel_axes(x):
+    """The axes a per-channel statistic sums over, and the shape that broadcasts a (C,) array."""
+    return (0, *range(2, x.ndim)), (1, -1) + (1,) * (x.ndim - 2)
+
+
+def batchnorm_forward(x, gamma, beta, eps, mean=None, var=None):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel (axis 1); the batch's
+    mean and biased variance in training (mean, var None), the given ones otherwise.
+
+    x (N, C) or (N, C, H, W), gamma, beta (C,) -> y, mean (C,), var (C,),
+    cache (x_hat, gamma, 1/sqrt(var + eps), training)
+    """
+    axes, shape = _channel_axes(x)
+    training = mean is None
+    if training:
+        mean = x.mean(axis=axes)
+        var = x.var(axis=axes)
+    inv_std = 1.0 / np.sqrt(var + eps)
+    x_hat = (x - mean.reshape(shape)) * inv_std.reshape(shape)
+    y = x_hat * gamma.reshape(shape) + beta.reshape(shape)
+    return y, mean, var, (x_hat, gamma, inv_std, training)
+
+
+def batchnorm_backward(dy, cache):
+    """dy -> dx, dgamma (C,), dbeta (C,): dbeta = sum dy, dgamma = sum dy * x_hat (over all
+    axes but 1), and dx = gamma/sqrt(var + eps) * (dy - (dbeta + x_hat * dgamma) / M) in
+    training (M values per channel), gamma/sqrt(var + eps) * dy in evaluation."""
+    x_hat, gamma, inv_std, training = cache
+    axes, shape = _channel_axes(dy)
+    dbeta = dy.sum(axis=axes)
+    dgamma = (dy * x_hat).sum(axis=axes)
+    scale = (gamma * inv_std).reshape(shape)
+    if not training:
+        return dy * scale, dgamma, dbeta
+    m = dy.size // dy.shape[1]
+    dx = scale * (dy - (dbeta.reshape(shape) + x_hat * dgamma.reshape(shape)) / m)
+    return dx, dgamma, dbeta

@@ -15,11 +15,16 @@ by module (lesson 09 walks through it):
 * :mod:`.pool`: pooling on the kH*kW strided sub-grids of the input.
 * :mod:`.dense`: dense layers and ReLU on the threads.
 
+Batch normalisation is the vectorized tier's: a few passes over memory that threads did not
+speed up (``benchmarks/`` measures the DCGAN step that uses it).
+
 Nothing here makes a float64 array out of float32 inputs. These modules are free to change
 for speed: no lesson prints them, and the tests hold them to the other two tiers.
 """
 
 from ..vectorized import (
+    batchnorm_backward,
+    batchnorm_forward,
     leaky_relu_backward,
     leaky_relu_forward,
     sigmoid_backward,
@@ -41,7 +46,8 @@ from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, max
 from .threads import get_num_threads, set_num_threads, single_threaded_blas
 
 __all__ = [
-    "avgpool2d_backward", "avgpool2d_forward", "conv2d_backward", "conv2d_block_backward",
+    "avgpool2d_backward", "avgpool2d_forward", "batchnorm_backward", "batchnorm_forward",
+    "conv2d_backward", "conv2d_block_backward",
     "conv2d_block_forward", "conv2d_forward", "conv_transpose2d_backward",
     "conv_transpose2d_forward", "get_num_threads", "leaky_relu_backward", "leaky_relu_forward",
     "linear_backward", "linear_forward", "maxpool2d_backward", "maxpool2d_forward",
