@@ -14,21 +14,22 @@ from . import _checks
 from .kernels import TIERS, vectorized
 
 
-def check_labels(labels, n: int, k: int, where: str) -> np.ndarray:
+def check_labels(labels, n: int, n_classes: int, where: str) -> np.ndarray:
     """Validate integer class labels (N,) in [0, K); return them as an int array."""
     labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape == (n, k):
+    if labels.ndim == 2 and labels.shape == (n, n_classes):
         raise ValueError(f"{where}: expected integer class labels of shape ({n},), got one-hot "
                          f"labels of shape {labels.shape}; pass labels.argmax(axis=1)")
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise TypeError(f"{where}: labels must be integers (class indices 0..{k - 1}), got dtype "
+        raise TypeError(f"{where}: labels must be integers (class indices 0..{n_classes - 1}), got dtype "
                         f"{labels.dtype}; convert with labels.astype(np.int64)")
     if labels.shape != (n,):
-        raise ValueError(f"{where}: expected labels of shape ({n},) to match logits (N={n}, K={k}), "
+        raise ValueError(f"{where}: expected labels of shape ({n},) to match logits (N={n}, K={n_classes}), "
                          f"got {labels.shape}")
-    if n and (labels.min() < 0 or labels.max() >= k):
-        bad = labels[(labels < 0) | (labels >= k)]
-        raise ValueError(f"{where}: labels must lie in [0, {k}) for {k} classes, got {bad[:5].tolist()}")
+    if n and (labels.min() < 0 or labels.max() >= n_classes):
+        bad = labels[(labels < 0) | (labels >= n_classes)]
+        raise ValueError(f"{where}: labels must lie in [0, {n_classes}) for {n_classes} classes, "
+                         f"got {bad[:5].tolist()}")
     return labels.astype(np.intp, copy=False)
 
 

@@ -257,15 +257,15 @@ def softmax_cross_entropy(logits, labels):
 
     logits (N, K), labels (N,) -> loss (float), dlogits (N, K)
     """
-    n_batch, k = logits.shape
+    n_batch, n_classes = logits.shape
     loss = 0.0
     dlogits = np.zeros(logits.shape, dtype=logits.dtype)
     for n in range(n_batch):
         m = max(logits[n])  # subtracting the max leaves softmax unchanged and keeps exp finite
-        exps = [np.exp(logits[n, c] - m) for c in range(k)]
+        exps = [np.exp(logits[n, c] - m) for c in range(n_classes)]
         total = sum(exps)
         loss += -(logits[n, labels[n]] - m - np.log(total))
-        for c in range(k):
+        for c in range(n_classes):
             dlogits[n, c] = exps[c] / total - (1.0 if c == labels[n] else 0.0)
     return float(loss / n_batch), dlogits / n_batch
 
