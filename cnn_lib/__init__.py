@@ -28,14 +28,24 @@ from .layers import (
 from .losses import BCEWithLogits, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam
-from .training import Callback, Checkpoint, History, ProgressBar, StopWhen, evaluate, fit, predict
+from .training import (
+    Callback,
+    Checkpoint,
+    History,
+    OneCycle,
+    ProgressBar,
+    StopWhen,
+    evaluate,
+    fit,
+    predict,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adam", "AvgPool2d", "BCEWithLogits", "BatchNorm1d", "BatchNorm2d", "Callback", "Checkpoint",
     "Conv2d", "ConvTranspose2d", "Dropout", "Flatten", "History", "Layer", "LeakyReLU", "Linear",
-    "MaxPool2d", "Parameter", "ProgressBar", "ReLU", "SGD", "Sequential", "Sigmoid",
+    "MaxPool2d", "OneCycle", "Parameter", "ProgressBar", "ReLU", "SGD", "Sequential", "Sigmoid",
     "SoftmaxCrossEntropy", "StopWhen", "Tanh", "Unflatten", "check_layer", "evaluate", "fit",
     "get_num_threads", "numerical_gradient", "predict", "relative_error", "set_num_threads",
 ]

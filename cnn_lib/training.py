@@ -257,3 +257,42 @@ class StopWhen(Callback):
             run.stop, run.reason = True, f"the loss became {run.loss} at step {run.step}"
         elif self.max_steps is not None and run.step >= self.max_steps:
             run.stop, run.reason = True, f"max_steps={self.max_steps} reached"
+
+
+class OneCycle(Callback):
+    """Set the optimizer's learning rate before every step: a linear warm-up from
+    ``peak_lr / 10`` to ``peak_lr`` over the first ``warmup`` share of the run, then a linear
+    decay that reaches 0 as the run ends (the "one-cycle" shape of Smith and Topin, 2018, with straight
+    lines). A short run gains most from the decay: the last steps, with a small learning rate,
+    settle into a minimum instead of bouncing around it.
+
+    OneCycle(optimizer, peak_lr, warmup=0.15)
+    """
+
+    def __init__(self, optimizer, peak_lr: float, warmup: float = 0.15):
+        if not (isinstance(peak_lr, (int, float)) and peak_lr > 0):
+            raise ValueError(f"OneCycle: peak_lr must be a positive number, got {peak_lr!r}")
+        if not 0.0 <= warmup < 1.0:
+            raise ValueError(f"OneCycle: warmup must be a share of the run in [0, 1), got {warmup!r}")
+        self.optimizer, self.peak_lr, self.warmup = optimizer, float(peak_lr), float(warmup)
+        self.total = 1
+        self.lrs: list[float] = []  # the learning rate of every step, for plotting
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based) of a run of ``self.total`` steps."""
+        up = max(1, round(self.warmup * self.total))
+        if step < up and self.warmup > 0:
+            return self.peak_lr * (0.1 + 0.9 * step / up)
+        return self.peak_lr * max(0.0, (self.total - step) / max(1, self.total - up))
+
+    def _set(self, step):
+        self.optimizer.lr = self.lr_at(step)
+        self.lrs.append(self.optimizer.lr)
+
+    def on_train_begin(self, run):
+        self.total, self.lrs = run.epochs * run.steps_per_epoch, []
+        self._set(0)
+
+    def on_step_end(self, run):
+        if run.step < self.total:
+            self._set(run.step)
