@@ -21,10 +21,10 @@ import time
 import numpy as np
 
 from . import models
-from .data import load_mnist
+from .data import load_mnist, sample_indices
 from .losses import SoftmaxCrossEntropy
 from .optim import SGD, Adam
-from .training import Checkpoint, ProgressBar, evaluate, fit
+from .training import Checkpoint, OneCycle, ProgressBar, evaluate, fit, predict
 
 #: The tutorial's own setting (question.txt): one image at a time, its initialisation,
 #: plain SGD at lr 0.005, 3 epochs on the first 1,000 training images, tested on the first
@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m cnn_lib",
         description="Train a course network on MNIST, or evaluate saved weights.",
         epilog="Run 'python -m cnn_lib train --help' for the training options.")
-    sub = top.add_subparsers(dest="command", required=True, metavar="{train,evaluate}")
+    sub = top.add_subparsers(dest="command", required=True, metavar="{train,gan,evaluate}")
 
     t = sub.add_parser("train", help="train a network, save its weights, history and curves",
                        description="Train a network with mini-batch SGD (or Adam), showing a "
@@ -96,18 +96,28 @@ def parser() -> argparse.ArgumentParser:
                                    "what was trained.")
     t.add_argument("--model", choices=tuple(models.MODELS), default="tutorial",
                    help="tutorial: conv 8x3x3 -> pool -> linear 10 (default); lenet: two convs "
-                        "(32, 64) with ReLU and pooling -> linear 128 -> linear 10")
+                        "(32, 64) with ReLU and pooling -> linear 128 -> linear 10; lenet_small: "
+                        "the same with 16 and 32 channels")
     t.add_argument("--init", choices=("pytorch", "tutorial"), default="pytorch",
                    help="the tutorial model's starting weights: cnn_lib's default (pytorch), or "
                         "the tutorial's (filters randn/9, weights randn/1352, no conv bias)")
     _add_data_options(t)
     t.add_argument("--train-size", type=_positive_int, metavar="N",
                    help="use only the first N training images")
+    t.add_argument("--holdout-sample", action="store_true",
+                   help="with --data full: leave out the 5,000 training images that the shipped "
+                        "sample holds, so that the sample stays unseen (how the weights shipped "
+                        "with lesson 10 were trained)")
     t.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training set (default 1)")
     t.add_argument("--batch-size", type=_positive_int, default=32, help="images per step (default 32)")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="default sgd")
     t.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate (default 0.05)")
     t.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9; 0 for plain SGD)")
+    t.add_argument("--weight-decay", type=float, default=0.0, metavar="WD",
+                   help="weight decay: WD * w is added to every gradient (default 0)")
+    t.add_argument("--schedule", choices=("constant", "onecycle"), default="constant",
+                   help="the learning rate: constant (default), or onecycle: a linear warm-up to "
+                        "--lr over the first 15%% of the steps, then a linear decay to 0")
     t.add_argument("--seeds", type=_seeds, default=[0], metavar="S[,S...]",
                    help="random seed(s) of the weights and the shuffling; several seeds train "
                         "several runs, each into its own --out/seed-S folder (default 0)")
@@ -118,6 +128,27 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--out", metavar="DIR", default=None,
                    help="where to save the results (default runs/<model>)")
     t.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in a log file)")
+
+    g = sub.add_parser("gan", help="train the DCGAN of lesson 11 and measure its digits",
+                       description="Train cnn_lib.gan's generator and discriminator on MNIST digits "
+                                   "(pixels scaled to [-1, 1]), Adam lr 2e-4, betas (0.5, 0.999), as in "
+                                   "the DCGAN paper; save generator.npz, discriminator.npz, history.json "
+                                   "and a grid of samples after every epoch into --out; then score "
+                                   "--score-samples generated digits with the shipped classifier.")
+    _add_data_options(g)
+    g.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training set (default 1)")
+    g.add_argument("--batch-size", type=_positive_int, default=64, help="real images per step (default 64)")
+    g.add_argument("--lr", type=_positive_float, default=2e-4,
+                   help="Adam learning rate of both networks (default 2e-4)")
+    g.add_argument("--latent", type=_positive_int, default=64, help="noise numbers per image (default 64)")
+    g.add_argument("--width", type=_positive_int, default=64,
+                   help="channels of the 14x14 layers (the 7x7 ones have twice as many; default 64)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the weights, the noise and the shuffling")
+    g.add_argument("--score-samples", type=int, default=10000, metavar="N",
+                   help="generated digits to score at the end (default 10000; 0: no scoring)")
+    g.add_argument("--out", metavar="DIR", default=os.path.join("runs", "gan"),
+                   help="where to save the results (default runs/gan)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in a log file)")
 
     e = sub.add_parser("evaluate", help="test accuracy of saved weights",
                        description="Load weights saved by 'train' and measure the test loss and accuracy.")
@@ -149,11 +180,13 @@ def _load(args, train_size=None):
 
 
 def _optimizer(args, model):
+    if args.weight_decay < 0:
+        raise CliError(f"--weight-decay must be >= 0, got {args.weight_decay}")
     if args.optimizer == "adam":
-        return Adam(model.parameters(), lr=args.lr)
+        return Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if not 0 <= args.momentum < 1:
         raise CliError(f"--momentum must be in [0, 1), got {args.momentum}")
-    return SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
+    return SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
 
 
 def train(args, argv) -> int:
@@ -163,11 +196,21 @@ def train(args, argv) -> int:
                 setattr(args, key, value)
     if args.init == "tutorial" and args.model != "tutorial":
         raise CliError("--init tutorial is the tutorial model's initialisation: use it with --model tutorial")
+    if args.holdout_sample and args.data != "full":
+        raise CliError("--holdout-sample leaves the sample's images out of full MNIST: "
+                       "use it with --data full")
     data = _load(args, args.train_size)
+    if args.holdout_sample:
+        keep = np.ones(len(data.x_train), dtype=bool)
+        held_out = sample_indices()
+        keep[held_out[held_out < len(keep)]] = False
+        data = data._replace(x_train=data.x_train[keep], y_train=data.y_train[keep])
     out_root = args.out or os.path.join("runs", args.model)
     print(f"{args.model} on {args.data} MNIST: {len(data.x_train):,} training and "
           f"{len(data.x_test):,} test images; batch {args.batch_size}, {args.optimizer} lr {args.lr}"
-          + (f" momentum {args.momentum}" if args.optimizer == "sgd" else "") + f", {args.epochs} epoch(s)")
+          + (f" momentum {args.momentum}" if args.optimizer == "sgd" else "")
+          + (f" weight decay {args.weight_decay}" if args.weight_decay else "")
+          + (", one-cycle schedule" if args.schedule == "onecycle" else "") + f", {args.epochs} epoch(s)")
     results, status = [], 0
     for seed in args.seeds:
         out = out_root if len(args.seeds) == 1 else os.path.join(out_root, f"seed-{seed}")
@@ -178,8 +221,11 @@ def train(args, argv) -> int:
         callbacks = [Checkpoint(os.path.join(out, "weights.npz"))]
         if not args.no_progress:
             callbacks.insert(0, ProgressBar(desc=f"seed {seed}", leave=False))
+        optimizer = _optimizer(args, model)
+        if args.schedule == "onecycle":
+            callbacks.insert(0, OneCycle(optimizer, args.lr))
         start = time.perf_counter()
-        history = fit(model, loss_fn, _optimizer(args, model), (data.x_train, data.y_train),
+        history = fit(model, loss_fn, optimizer, (data.x_train, data.y_train),
                       epochs=args.epochs, batch_size=args.batch_size, rng=seed,
                       val=(data.x_test, data.y_test), callbacks=callbacks)
         wall = time.perf_counter() - start
@@ -250,12 +296,118 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def gan_command(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from . import gan
+    from .viz.digits import show_digits
+
+    args.normalize = None  # raw pixels: the generator's range is [-1, 1], the classifier's its own
+    data = _load(args)
+    real = gan.to_tanh_range(data.x_train)
+    rng = np.random.default_rng(args.seed)
+    gen = gan.generator(args.latent, args.width, rng=rng)
+    disc = gan.discriminator(args.width, rng=rng)
+    opt_g = Adam(gen.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    opt_d = Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    os.makedirs(args.out, exist_ok=True)
+    fixed_z = np.random.default_rng(12345).standard_normal((64, args.latent)).astype(np.float32)
+    steps = -(-len(real) // args.batch_size)
+    print(f"DCGAN on {args.data} MNIST: {len(real):,} images, batch {args.batch_size}, Adam lr {args.lr}, "
+          f"latent {args.latent}, width {args.width}, {args.epochs} epoch(s) of {steps} steps")
+    history = {"d_loss": [], "g_loss": [], "epoch_seconds": []}
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=args.epochs * steps, unit="step")
+    status = 0
+    try:
+        for epoch in range(1, args.epochs + 1):
+            start = time.perf_counter()
+            order = rng.permutation(len(real))
+            for first in range(0, len(real), args.batch_size):
+                batch = real[order[first:first + args.batch_size]]
+                z = rng.standard_normal((len(batch), args.latent)).astype(np.float32)
+                d_loss, g_loss = gan.train_step(gen, disc, opt_g, opt_d, batch, z)
+                if not (np.isfinite(d_loss) and np.isfinite(g_loss)):
+                    raise CliError(f"the losses became {d_loss}, {g_loss} at epoch {epoch}: "
+                                   "try a smaller --lr")
+                history["d_loss"].append(d_loss)
+                history["g_loss"].append(g_loss)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, d=f"{d_loss:.2f}", g=f"{g_loss:.2f}", refresh=False)
+            history["epoch_seconds"].append(time.perf_counter() - start)
+            gen.save(os.path.join(args.out, "generator.npz"))
+            disc.save(os.path.join(args.out, "discriminator.npz"))
+            samples = gen.eval().forward(fixed_z)
+            gen.train()
+            fig = show_digits(samples[:, 0], None, title=f"DCGAN samples after epoch {epoch}", ncols=8)
+            fig.savefig(os.path.join(args.out, f"samples-epoch-{epoch}.png"), dpi=80)
+            plt.close(fig)
+            print(f"epoch {epoch}: {history['epoch_seconds'][-1]:.1f} s, last 100 steps: D loss "
+                  f"{np.mean(history['d_loss'][-100:]):.3f}, G loss {np.mean(history['g_loss'][-100:]):.3f}")
+    except KeyboardInterrupt:
+        print("interrupted: the weights of the last finished epoch are saved", file=sys.stderr)
+        status = 130
+    finally:
+        if bar is not None:
+            bar.close()
+        with open(os.path.join(args.out, "history.json"), "w") as f:
+            json.dump(history, f)
+    if status or not args.score_samples:
+        return status
+    scores = gan_scores(gen, args.score_samples, args.latent, seed=args.seed + 1, real=data.x_test)
+    with open(os.path.join(args.out, "scores.json"), "w") as f:
+        json.dump(scores, f, indent=1)
+    shares = ", ".join(f"{d}: {s:.1%}" for d, s in enumerate(scores["digit_shares"]))
+    print(f"{args.score_samples} generated digits: inception score {scores['inception_score']:.2f}, "
+          f"Frechet distance {scores.get('frechet_distance', float('nan')):.2f}; digit shares {shares}")
+    if "real_inception_score" in scores:
+        print(f"the real test digits: inception score {scores['real_inception_score']:.2f}")
+    return 0
+
+
+def gan_scores(gen, n, latent, seed=0, real=None) -> dict:
+    """Score ``n`` digits of the generator ``gen`` with the shipped classifier (lesson 11):
+    inception score, each digit's share, and, given real uint8 test images, the Fréchet
+    distance of the classifier's penultimate features (and the real images' own score)."""
+    from . import metrics
+    from .data import normalize
+
+    classifier = models.pretrained("lenet_small")
+    z = np.random.default_rng(seed).standard_normal((n, latent)).astype(np.float32)
+    gen.eval()
+    fake = np.concatenate([gen.forward(z[i:i + 500]) for i in range(0, n, 500)])
+    gen.train()
+    # the generator's [-1, 1] back to pixels 0..255, then the classifier's own normalisation
+    fake_pixels = np.clip(np.round((fake + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    fake_x = normalize(fake_pixels, "standard")
+    probs = metrics.softmax(predict(classifier, fake_x))
+    scores = {"n": n, "inception_score": metrics.inception_score(probs),
+              "digit_shares": metrics.class_shares(probs).tolist()}
+    if real is not None:
+        real_x = normalize(real, "standard")
+        real_probs = metrics.softmax(predict(classifier, real_x))
+        scores["real_inception_score"] = metrics.inception_score(real_probs)
+        fake_features = metrics.penultimate_features(classifier, fake_x)
+        real_features = metrics.penultimate_features(classifier, real_x)
+        scores["frechet_distance"] = metrics.frechet_distance(fake_features, real_features)
+    return scores
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser().parse_args(argv)
     try:
         if args.command == "train":
             return train(args, argv)
+        if args.command == "gan":
+            return gan_command(args)
         return evaluate_command(args)
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -490,6 +490,15 @@ def _load_sample() -> dict[str, np.ndarray]:
     return arrays
 
 
+def sample_indices() -> np.ndarray:
+    """The positions, in full MNIST's **training** set, of the 5,000 images of the shipped
+    sample (its train and test images alike: they all come from MNIST's training set; see
+    ``data/README.md``). Leave them out of a full-MNIST training run, and the sample stays a
+    fair test of the trained network (``python -m cnn_lib train --holdout-sample``)."""
+    with np.load(SAMPLE_PATH, allow_pickle=False) as data:
+        return np.sort(np.concatenate([data["train_indices"], data["test_indices"]]).astype(np.int64))
+
+
 def _balanced_take(labels: np.ndarray, n: int) -> np.ndarray:
     """Positions of the first ``n`` items, ``n // 10`` per class (+1 for the first
     ``n % 10`` classes), in their current order."""

@@ -21,8 +21,8 @@ name            weights                                               bias
 ==============  ====================================================  ===========================
 
 Why they differ (lesson 10 measures it): a layer's output variance is about
-``fan_in * Var(w) * E[x^2]``. He's ``Var(w) = 2/fan_in`` keeps it constant through ReLUs, which
-zero half their inputs; Glorot's compromise between the forward (fan_in) and the backward
+``fan_in * Var(w) * E[x^2]``. He's ``Var(w) = 2/fan_in`` keeps the mean square constant through
+ReLUs, which zero half their inputs; Glorot's compromise between the forward (fan_in) and the backward
 (fan_out) pass suits activations that are linear near 0.
 """
 
@@ -46,7 +46,7 @@ def uniform(rng, shape, dtype=np.float32):
 
 
 def he(rng, shape, dtype=np.float32):
-    """N(0, 2/fan_in) (He, Zhang, Ren and Sun, 2015): keeps the variance through ReLUs."""
+    """N(0, 2/fan_in) (He, Zhang, Ren and Sun, 2015): keeps the mean square through ReLUs."""
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fans(shape)[0])).astype(dtype)
 
 

@@ -163,6 +163,9 @@ class Layer:
         path = os.fspath(path)
         folder = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); a save should not
         try:
             with os.fdopen(fd, "wb") as f:  # an open file keeps np.savez from appending ".npz"
                 np.savez(f, **self.state_dict())

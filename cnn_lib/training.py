@@ -296,3 +296,27 @@ class OneCycle(Callback):
     def on_step_end(self, run):
         if run.step < self.total:
             self._set(run.step)
+
+
+class GradNorms(Callback):
+    """Record the size of every weight's gradient during training: after every ``every``-th
+    step, ``norms[name]`` gets the root mean square of ``grads[name]`` (one number per layer,
+    comparable between layers of different sizes). Lesson 10 plots it layer by layer, to see
+    gradients vanish or explode with depth.
+
+    GradNorms(every=1, only="weight")    only: record the names that end with this ("" for all)
+    """
+
+    def __init__(self, every: int = 1, only: str = "weight"):
+        self.every, self.only = max(1, int(every)), only
+        self.steps: list[int] = []
+        self.norms: dict[str, list[float]] = {}
+
+    def on_step_end(self, run):
+        if run.step % self.every:
+            return
+        self.steps.append(run.step)
+        for name, grad in run.model.grads.items():
+            if name.endswith(self.only):
+                rms = float(np.sqrt(np.mean(np.square(grad, dtype=np.float64))))
+                self.norms.setdefault(name, []).append(rms)

@@ -223,6 +223,16 @@ def test_sample_checksum_and_size_match_readme():
     assert size and int(size.group(1).replace(",", "")) == len(payload)
 
 
+def test_shipped_weights_checksum_matches_readme():
+    from cnn_lib.models import PRETRAINED
+
+    readme = (REPO / "data" / "README.md").read_text()
+    match = re.search(r"SHA-256 of lenet_small_mnist\.npz:\s*`([0-9a-f]{64})`", readme)
+    assert match, "data/README.md must state 'SHA-256 of lenet_small_mnist.npz: `<hex>`'"
+    assert sha256(PRETRAINED["lenet_small"].read_bytes()) == match.group(1), \
+        "weights changed: update data/README.md"
+
+
 def test_load_sample_defaults():
     ds = load_mnist()
     x_train, y_train, x_test, y_test = ds  # unpacks as a 4-tuple

@@ -5,6 +5,7 @@ buffers) and the conv layers' shapes."""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -262,6 +263,12 @@ def test_sequential_state_dict_save_load_roundtrip(tmp_path):
     np.testing.assert_array_equal(a.forward(x), b.forward(x))
     with np.load(path, allow_pickle=False) as f:  # plain arrays only
         assert sorted(f.files) == sorted(a.state_dict())
+    umask = os.umask(0o022)
+    try:
+        a.save(path)   # readable by others like any file the user writes (mkstemp alone gives 0600)
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
 
 
 def test_load_state_dict_mismatch_leaves_model_untouched():

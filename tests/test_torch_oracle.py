@@ -234,3 +234,50 @@ def test_dcgan_shaped_generator_and_discriminator_match_torch():
     close(dz, zt.grad)
     for (name, g), tp in zip(gen.grads.items(), tgen.parameters()):
         np.testing.assert_allclose(g, tp.grad.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_dcgan_training_steps_match_torch():
+    """Two full DCGAN steps (discriminator on a real and a fake batch, then the generator
+    through the discriminator), Adam on both: the same weights and running statistics as
+    PyTorch's standard DCGAN loop."""
+    from cnn_lib import Adam, gan
+
+    f64 = np.float64
+    gen = gan.generator(latent=6, width=4, rng=0, dtype=f64)
+    disc = gan.discriminator(width=4, rng=1, dtype=f64)
+    nn = torch.nn
+    tgen = nn.Sequential(nn.Linear(6, 8 * 49, bias=False), nn.Unflatten(1, (8, 7, 7)), nn.BatchNorm2d(8),
+                         nn.ReLU(), nn.ConvTranspose2d(8, 4, 4, 2, 1, bias=False), nn.BatchNorm2d(4),
+                         nn.ReLU(), nn.ConvTranspose2d(4, 1, 4, 2, 1), nn.Tanh())
+    tdisc = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(4, 8, 4, 2, 1, bias=False),
+                          nn.BatchNorm2d(8), nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(8 * 49, 1))
+    with torch.no_grad():
+        for ours, theirs in ((gen, tgen), (disc, tdisc)):
+            for (_, p), tp in zip(ours.params.items(), theirs.parameters()):
+                tp.copy_(torch.from_numpy(p))
+    opt_g = Adam(gen.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    opt_d = Adam(disc.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    topt_g = torch.optim.Adam(tgen.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    topt_d = torch.optim.Adam(tdisc.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    bce = tnn.binary_cross_entropy_with_logits
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        real, z = rng.uniform(-1, 1, (5, 1, 28, 28)), rng.standard_normal((5, 6))
+        d_loss, g_loss = gan.train_step(gen, disc, opt_g, opt_d, real, z)
+        fake = tgen(torch.from_numpy(z))
+        topt_d.zero_grad()
+        td = (bce(tdisc(torch.from_numpy(real)), torch.ones(5, 1))
+              + bce(tdisc(fake.detach()), torch.zeros(5, 1)))
+        td.backward()
+        topt_d.step()
+        topt_g.zero_grad()
+        tg = bce(tdisc(fake), torch.ones(5, 1))
+        tg.backward()
+        topt_g.step()
+        assert d_loss == pytest.approx(td.item(), rel=1e-10) and g_loss == pytest.approx(tg.item(), rel=1e-10)
+    for ours, theirs in ((gen, tgen), (disc, tdisc)):
+        for (name, p), tp in zip(ours.params.items(), theirs.parameters()):
+            np.testing.assert_allclose(p, tp.detach().numpy(), rtol=1e-8, atol=1e-10, err_msg=name)
+        tb = [b for b in theirs.buffers() if b.dtype == torch.float64]
+        for (name, b), tbuf in zip(ours.buffers.items(), tb):
+            np.testing.assert_allclose(b, tbuf.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)

@@ -15,6 +15,7 @@ from cnn_lib import (
     SGD,
     Callback,
     Checkpoint,
+    OneCycle,
     ProgressBar,
     SoftmaxCrossEntropy,
     StopWhen,
@@ -24,7 +25,8 @@ from cnn_lib import (
     predict,
 )
 from cnn_lib import __main__ as cli
-from cnn_lib.data import load_mnist
+from cnn_lib.data import load_mnist, sample_indices
+from cnn_lib.training import GradNorms
 from cnn_lib.widgets import Dashboard
 
 DATA = load_mnist(normalize="tutorial", subset=(300, 100))
@@ -250,6 +252,8 @@ def test_cli_several_seeds_and_the_tutorial_setting(tmp_path, capsys):
     (["train", "--data", "full", "--data-dir", "/no/such/folder"], "error: mnist: none of these folders"),
     (["evaluate", "/no/such/weights.npz"], "error: no such weights file"),
     (["train", "--model", "lenet", "--init", "tutorial"], "--init tutorial is the tutorial model's"),
+    (["train", "--holdout-sample"], "--holdout-sample leaves the sample's images out of full MNIST"),
+    (["train", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
 ])
 def test_cli_says_in_one_line_what_is_wrong(argv, message, capsys):
     try:
@@ -262,12 +266,65 @@ def test_cli_says_in_one_line_what_is_wrong(argv, message, capsys):
     assert "Traceback" not in err
 
 
+def test_one_cycle_sets_the_learning_rate_of_every_step():
+    model = models.tutorial_net(rng=0)
+    opt = SGD(model.parameters(), lr=1.0, momentum=0.9)
+    seen = []
+
+    class Spy(Callback):
+        def on_step_end(self, run):
+            seen.append(opt.lr)
+
+    schedule = OneCycle(opt, peak_lr=0.1, warmup=0.2)
+    fit(model, SoftmaxCrossEntropy(), opt, (DATA.x_train, DATA.y_train), epochs=2, batch_size=30, rng=0,
+        callbacks=[Spy(), schedule])   # the spy runs first: it sees the rate the step used
+    assert len(schedule.lrs) == 20 and seen == schedule.lrs
+    np.testing.assert_allclose(schedule.lrs[:5], [0.01, 0.0325, 0.055, 0.0775, 0.1])
+    np.testing.assert_allclose(schedule.lrs[4:], 0.1 * (20 - np.arange(4, 20)) / 16)
+    assert np.all(np.diff(schedule.lrs[4:]) < 0) and schedule.lrs[-1] > 0
+    with pytest.raises(ValueError, match="warmup"):
+        OneCycle(opt, 0.1, warmup=1.0)
+    with pytest.raises(ValueError, match="peak_lr"):
+        OneCycle(opt, 0)
+
+
+def test_grad_norms_records_each_weight_every_few_steps():
+    norms, every_step = GradNorms(every=3), GradNorms(every=1, only="")
+    model, history = tiny_run(epochs=1, callbacks=[norms, every_step])   # 10 steps of 30 images
+    assert norms.steps == [3, 6, 9] and every_step.steps == list(range(1, 11))
+    assert set(norms.norms) == {"0.weight", "3.weight"} and set(every_step.norms) == set(model.params)
+    assert all(len(v) == 3 and all(x > 0 for x in v) for v in norms.norms.values())
+    # the last step's gradients are still in grads after fit: the last record is their RMS
+    for name, grad in model.grads.items():
+        assert every_step.norms[name][-1] == pytest.approx(np.sqrt(np.mean(grad.astype(np.float64) ** 2)))
+
+
+def test_lenet_small_and_the_shipped_weights():
+    net = models.build("lenet_small", rng=0)
+    assert [layer.name for layer in net] == ["Conv2d", "ReLU", "MaxPool2d", "Conv2d", "ReLU", "MaxPool2d",
+                                             "Flatten", "Linear", "ReLU", "Linear"]
+    assert net.params["0.weight"].shape == (16, 1, 3, 3) and net.params["7.weight"].shape == (128, 32 * 7 * 7)
+    shipped = models.pretrained("lenet_small")
+    assert not shipped.training
+    data = load_mnist(normalize="standard")
+    # the shipped weights never saw these images (trained with --holdout-sample)
+    accuracy = np.mean(predict(shipped, data.x_test).argmax(axis=1) == data.y_test)
+    assert accuracy > 0.98
+    with pytest.raises(ValueError, match="lenet_small"):
+        models.pretrained("resnet")
+
+
+def test_sample_indices_name_the_samples_images_in_full_mnist():
+    idx = sample_indices()
+    assert idx.shape == (5000,) and len(np.unique(idx)) == 5000 and idx.min() >= 0 and idx.max() < 60000
+
+
 def test_cli_help_and_the_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "cnn_lib", "train", "--help"], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0
     for option in ("--model", "--data", "--epochs", "--batch-size", "--lr", "--seeds", "--tutorial-setting",
-                   "--out", "Ctrl-C"):
+                   "--out", "Ctrl-C", "--schedule", "--weight-decay", "--holdout-sample", "lenet_small"):
         assert option in result.stdout, option
 
 

@@ -1,5 +1,6 @@
 """Figures of training runs: loss and accuracy curves, one run or several overlaid
-(lessons 07, 08, 10), a confusion matrix and the most confidently wrong test images.
+(lessons 07, 08, 10), a confusion matrix, the most confidently wrong test images, and one
+number per layer (lesson 10's vanishing and exploding gradients).
 
 A run is a :class:`cnn_lib.training.History` (what ``fit`` returns).
 """
@@ -10,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 __all__ = ["confusion_matrix", "plot_confusion", "plot_confident_mistakes", "plot_history",
-           "plot_histories"]
+           "plot_histories", "plot_layer_profile"]
 
 
 def _smooth(values, window):
@@ -88,11 +89,13 @@ def plot_confusion(y_true, y_pred, n_classes=10, *, title="confusion matrix"):
     shown = counts.astype(float)
     np.fill_diagonal(shown, np.nan)  # colour the mistakes only: the diagonal would drown them
     ax.imshow(shown, cmap="Reds")
+    darkest = np.nanmax(shown) if np.any(shown > 0) else 1.0
     for t in range(n_classes):
         for p in range(n_classes):
             if counts[t, p]:
+                dark = t != p and counts[t, p] > 0.6 * darkest  # white numbers on the dark red cells
                 ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=7,
-                        fontweight="bold" if t == p else "normal")
+                        color="white" if dark else "black", fontweight="bold" if t == p else "normal")
     ax.set(xlabel="predicted", ylabel="true", xticks=range(n_classes), yticks=range(n_classes),
            title=f"{title} (accuracy {np.trace(counts) / max(1, counts.sum()):.1%})")
     fig.tight_layout()
@@ -113,5 +116,28 @@ def plot_confident_mistakes(images, y_true, probs, *, count=8):
         ax.imshow(np.asarray(images[i]).reshape(28, 28), cmap="gray_r")
         ax.set_title(f"true {y_true[i]}\nsaid {pred[i]} ({probs[i, pred[i]]:.0%})", fontsize=8)
     fig.suptitle(f"the most confident mistakes ({len(wrong)} wrong of {len(y_true)})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_profile(profiles, *, ylabel, title=None, reference=None, ax=None):
+    """One number per layer, for several settings: ``profiles`` is ``{label: values}`` with
+    ``values[i]`` the number of layer ``i + 1`` (e.g. the RMS of its activations or of its
+    weight gradient). A log scale, so that a constant factor per layer is a straight line;
+    ``reference`` draws a dotted horizontal line (e.g. 1.0, the size that neither vanishes nor
+    explodes). Returns the Figure."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    else:
+        fig = ax.figure
+    for i, (label, values) in enumerate(profiles.items()):
+        values = np.asarray(values, dtype=np.float64)
+        ax.plot(np.arange(1, len(values) + 1), values, "-o", color=f"C{i}", ms=4, label=label)
+    if reference is not None:
+        ax.axhline(reference, color="0.4", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set(xlabel="layer", ylabel=ylabel, title=title or ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     return fig

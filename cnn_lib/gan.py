@@ -1,0 +1,98 @@
+"""A small DCGAN for 28x28 digits (lesson 11): the two networks and one training step.
+
+Shapes (Radford, Metz and Chintala, 2016, scaled down to MNIST)::
+
+    generator      z (N, latent) -> Linear -> (N, 128*7*7) -> Unflatten -> (N, 128, 7, 7)
+                   -> BatchNorm2d -> ReLU -> ConvTranspose2d 128->64, k4 s2 p1 -> (N, 64, 14, 14)
+                   -> BatchNorm2d -> ReLU -> ConvTranspose2d 64->1, k4 s2 p1 -> (N, 1, 28, 28) -> Tanh
+    discriminator  x (N, 1, 28, 28) -> Conv2d 1->64, k4 s2 p1 -> (N, 64, 14, 14) -> LeakyReLU 0.2
+                   -> Conv2d 64->128, k4 s2 p1 -> (N, 128, 7, 7) -> BatchNorm2d -> LeakyReLU 0.2
+                   -> Flatten -> Linear -> (N, 1): one logit, "real" when large
+
+Images live in [-1, 1] (``tanh``'s range): ``data.normalize(images, "tanh")`` is not a mode of
+the loader, so :func:`to_tanh_range` does it. The layers that feed a batch norm have no bias
+(it would be cancelled, lesson 10); all weights start as N(0, 0.02^2), the paper's choice.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .layers import (
+    BatchNorm2d,
+    Conv2d,
+    ConvTranspose2d,
+    Flatten,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Tanh,
+    Unflatten,
+    as_generator,
+)
+from .losses import BCEWithLogits
+from .model import Sequential
+
+__all__ = ["discriminator", "generator", "to_tanh_range", "train_step"]
+
+
+def generator(latent: int = 64, width: int = 64, rng=None, dtype=np.float32) -> Sequential:
+    """The generator: ``latent`` noise numbers per image -> a (1, 28, 28) image in [-1, 1].
+    ``width``: channels of the 14x14 layer (the 7x7 one has twice as many)."""
+    rng = as_generator(rng)
+    w2 = 2 * width
+    return Sequential(
+        Linear(latent, w2 * 7 * 7, bias=False, rng=rng, dtype=dtype, init="normal"), Unflatten((w2, 7, 7)),
+        BatchNorm2d(w2, dtype=dtype), ReLU(),
+        ConvTranspose2d(w2, width, 4, stride=2, padding=1, bias=False, rng=rng, dtype=dtype, init="normal"),
+        BatchNorm2d(width, dtype=dtype), ReLU(),
+        ConvTranspose2d(width, 1, 4, stride=2, padding=1, rng=rng, dtype=dtype, init="normal"), Tanh(),
+    )
+
+
+def discriminator(width: int = 64, rng=None, dtype=np.float32) -> Sequential:
+    """The discriminator: a (1, 28, 28) image -> one logit (large: "real")."""
+    rng = as_generator(rng)
+    w2 = 2 * width
+    return Sequential(
+        Conv2d(1, width, 4, stride=2, padding=1, rng=rng, dtype=dtype, init="normal"), LeakyReLU(0.2),
+        Conv2d(width, w2, 4, stride=2, padding=1, bias=False, rng=rng, dtype=dtype, init="normal"),
+        BatchNorm2d(w2, dtype=dtype), LeakyReLU(0.2), Flatten(),
+        Linear(w2 * 7 * 7, 1, rng=rng, dtype=dtype, init="normal"),
+    )
+
+
+def to_tanh_range(images) -> np.ndarray:
+    """uint8 pixels 0..255 -> float32 in [-1, 1], the generator's output range."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"expected raw uint8 pixels (0..255), got dtype {images.dtype}")
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def train_step(gen, disc, opt_g, opt_d, real, z, loss_fn=None) -> tuple[float, float]:
+    """One DCGAN step on a batch of ``real`` images and noise ``z``: first the discriminator
+    (real images labelled 1, generated ones 0, the two batches run separately so each gets
+    its own batch statistics, their gradients added), then the generator (its images
+    labelled 1: the gradient flows back through the discriminator, whose weights this half
+    does not change). Returns ``(d_loss, g_loss)``; ``d_loss`` is the sum of its two halves.
+    """
+    loss_fn = loss_fn or BCEWithLogits()
+    n = len(real)
+    ones, zeros = np.ones((n, 1), real.dtype), np.zeros((len(z), 1), real.dtype)
+    fake = gen.forward(z)
+
+    opt_d.zero_grad()
+    d_loss = loss_fn.forward(disc.forward(real), ones)
+    disc.backward(loss_fn.backward(), need_input_grad=False)
+    d_loss += loss_fn.forward(disc.forward(fake), zeros)
+    disc.backward(loss_fn.backward(), need_input_grad=False)
+    opt_d.step()
+
+    opt_g.zero_grad()
+    g_loss = loss_fn.forward(disc.forward(fake), ones[: len(z)])
+    d_fake = disc.backward(loss_fn.backward())   # dL/d(fake image): from D into G
+    disc.zero_grad()                             # D's own gradients of this half are not used
+    gen.backward(d_fake, need_input_grad=False)
+    opt_g.step()
+    return float(d_loss), float(g_loss)
