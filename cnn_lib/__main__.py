@@ -136,6 +136,8 @@ def parser() -> argparse.ArgumentParser:
                                    "and a grid of samples after every epoch into --out; then score "
                                    "--score-samples generated digits with the shipped classifier.")
     _add_data_options(g)
+    g.add_argument("--train-size", type=_positive_int, metavar="N",
+                   help="use only the first N training images")
     g.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training set (default 1)")
     g.add_argument("--batch-size", type=_positive_int, default=64, help="real images per step (default 64)")
     g.add_argument("--lr", type=_positive_float, default=2e-4,
@@ -306,7 +308,7 @@ def gan_command(args) -> int:
     from .viz.digits import show_digits
 
     args.normalize = None  # raw pixels: the generator's range is [-1, 1], the classifier's its own
-    data = _load(args)
+    data = _load(args, args.train_size)
     real = gan.to_tanh_range(data.x_train)
     rng = np.random.default_rng(args.seed)
     gen = gan.generator(args.latent, args.width, rng=rng)

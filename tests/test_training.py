@@ -319,6 +319,22 @@ def test_sample_indices_name_the_samples_images_in_full_mnist():
     assert idx.shape == (5000,) and len(np.unique(idx)) == 5000 and idx.min() >= 0 and idx.max() < 60000
 
 
+def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
+    status = cli.main(["gan", "--train-size", "128", "--epochs", "2", "--width", "8",
+                       "--latent", "16", "--score-samples", "300", "--no-progress", "--out", str(tmp_path)])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "epoch 2:" in printed and "inception score" in printed
+    assert sorted(os.listdir(tmp_path)) == ["discriminator.npz", "generator.npz", "history.json",
+                                            "samples-epoch-1.png", "samples-epoch-2.png", "scores.json"]
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["d_loss"]) == len(history["g_loss"]) == 4 and len(history["epoch_seconds"]) == 2
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert scores["n"] == 300 and 1.0 <= scores["inception_score"] <= 10.0
+    assert sum(scores["digit_shares"]) == pytest.approx(1.0) and scores["frechet_distance"] > 0
+    assert 9.5 < scores["real_inception_score"] <= 10.0     # the 1,000 real test digits of the sample
+
+
 def test_cli_help_and_the_module_entry_point():
     result = subprocess.run([sys.executable, "-m", "cnn_lib", "train", "--help"], capture_output=True,
                             text=True, timeout=60)
