@@ -148,6 +148,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the noise and the shuffling")
     g.add_argument("--score-samples", type=int, default=10000, metavar="N",
                    help="generated digits to score at the end (default 10000; 0: no scoring)")
+    g.add_argument("--epoch-score-samples", type=int, default=2000, metavar="N",
+                   help="generated digits scored after every epoch, into history.json "
+                        "(default 2000; 0: none)")
+    g.add_argument("--keep-epochs", action="store_true",
+                   help="also keep the generator of every epoch (generator-epoch-K.npz)")
     g.add_argument("--out", metavar="DIR", default=os.path.join("runs", "gan"),
                    help="where to save the results (default runs/gan)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in a log file)")
@@ -320,7 +325,7 @@ def gan_command(args) -> int:
     steps = -(-len(real) // args.batch_size)
     print(f"DCGAN on {args.data} MNIST: {len(real):,} images, batch {args.batch_size}, Adam lr {args.lr}, "
           f"latent {args.latent}, width {args.width}, {args.epochs} epoch(s) of {steps} steps")
-    history = {"d_loss": [], "g_loss": [], "epoch_seconds": []}
+    history = {"d_loss": [], "g_loss": [], "epoch_seconds": [], "inception_score": [], "digit_shares": []}
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
@@ -346,13 +351,23 @@ def gan_command(args) -> int:
             history["epoch_seconds"].append(time.perf_counter() - start)
             gen.save(os.path.join(args.out, "generator.npz"))
             disc.save(os.path.join(args.out, "discriminator.npz"))
+            if args.keep_epochs:
+                gen.save(os.path.join(args.out, f"generator-epoch-{epoch}.npz"))
+            measured = ""
+            if args.epoch_score_samples > 0:
+                epoch_scores = gan_scores(gen, args.epoch_score_samples, args.latent, seed=args.seed + 1)
+                history["inception_score"].append(epoch_scores["inception_score"])
+                history["digit_shares"].append(epoch_scores["digit_shares"])
+                measured = (f", {args.epoch_score_samples} samples: inception score "
+                            f"{epoch_scores['inception_score']:.2f}, rarest digit "
+                            f"{min(epoch_scores['digit_shares']):.1%}")
             samples = gen.eval().forward(fixed_z)
             gen.train()
             fig = show_digits(samples[:, 0], None, title=f"DCGAN samples after epoch {epoch}", ncols=8)
             fig.savefig(os.path.join(args.out, f"samples-epoch-{epoch}.png"), dpi=80)
             plt.close(fig)
             print(f"epoch {epoch}: {history['epoch_seconds'][-1]:.1f} s, last 100 steps: D loss "
-                  f"{np.mean(history['d_loss'][-100:]):.3f}, G loss {np.mean(history['g_loss'][-100:]):.3f}")
+                  f"{np.mean(history['d_loss'][-100:]):.3f}, G loss {np.mean(history['g_loss'][-100:]):.3f}{measured}")
     except KeyboardInterrupt:
         print("interrupted: the weights of the last finished epoch are saved", file=sys.stderr)
         status = 130
