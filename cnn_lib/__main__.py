@@ -24,7 +24,7 @@ from . import models
 from .data import load_mnist, sample_indices
 from .losses import SoftmaxCrossEntropy
 from .optim import SGD, Adam
-from .training import Checkpoint, OneCycle, ProgressBar, evaluate, fit, predict
+from .training import Checkpoint, OneCycle, ProgressBar, evaluate, fit
 
 #: The tutorial's own setting (question.txt): one image at a time, its initialisation,
 #: plain SGD at lr 0.005, 3 epochs on the first 1,000 training images, tested on the first
@@ -355,7 +355,7 @@ def gan_command(args) -> int:
                 gen.save(os.path.join(args.out, f"generator-epoch-{epoch}.npz"))
             measured = ""
             if args.epoch_score_samples > 0:
-                epoch_scores = gan_scores(gen, args.epoch_score_samples, args.latent, seed=args.seed + 1)
+                epoch_scores = gan.score(gen, args.epoch_score_samples, seed=args.seed + 1)
                 history["inception_score"].append(epoch_scores["inception_score"])
                 history["digit_shares"].append(epoch_scores["digit_shares"])
                 measured = (f", {args.epoch_score_samples} samples: inception score "
@@ -366,8 +366,9 @@ def gan_command(args) -> int:
             fig = show_digits(samples[:, 0], None, title=f"DCGAN samples after epoch {epoch}", ncols=8)
             fig.savefig(os.path.join(args.out, f"samples-epoch-{epoch}.png"), dpi=80)
             plt.close(fig)
+            d_recent, g_recent = np.mean(history["d_loss"][-100:]), np.mean(history["g_loss"][-100:])
             print(f"epoch {epoch}: {history['epoch_seconds'][-1]:.1f} s, last 100 steps: D loss "
-                  f"{np.mean(history['d_loss'][-100:]):.3f}, G loss {np.mean(history['g_loss'][-100:]):.3f}{measured}")
+                  f"{d_recent:.3f}, G loss {g_recent:.3f}{measured}")
     except KeyboardInterrupt:
         print("interrupted: the weights of the last finished epoch are saved", file=sys.stderr)
         status = 130
@@ -378,7 +379,7 @@ def gan_command(args) -> int:
             json.dump(history, f)
     if status or not args.score_samples:
         return status
-    scores = gan_scores(gen, args.score_samples, args.latent, seed=args.seed + 1, real=data.x_test)
+    scores = gan.score(gen, args.score_samples, seed=args.seed + 1, real=data.x_test)
     with open(os.path.join(args.out, "scores.json"), "w") as f:
         json.dump(scores, f, indent=1)
     shares = ", ".join(f"{d}: {s:.1%}" for d, s in enumerate(scores["digit_shares"]))
@@ -387,34 +388,6 @@ def gan_command(args) -> int:
     if "real_inception_score" in scores:
         print(f"the real test digits: inception score {scores['real_inception_score']:.2f}")
     return 0
-
-
-def gan_scores(gen, n, latent, seed=0, real=None) -> dict:
-    """Score ``n`` digits of the generator ``gen`` with the shipped classifier (lesson 11):
-    inception score, each digit's share, and, given real uint8 test images, the Fréchet
-    distance of the classifier's penultimate features (and the real images' own score)."""
-    from . import metrics
-    from .data import normalize
-
-    classifier = models.pretrained("lenet_small")
-    z = np.random.default_rng(seed).standard_normal((n, latent)).astype(np.float32)
-    gen.eval()
-    fake = np.concatenate([gen.forward(z[i:i + 500]) for i in range(0, n, 500)])
-    gen.train()
-    # the generator's [-1, 1] back to pixels 0..255, then the classifier's own normalisation
-    fake_pixels = np.clip(np.round((fake + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    fake_x = normalize(fake_pixels, "standard")
-    probs = metrics.softmax(predict(classifier, fake_x))
-    scores = {"n": n, "inception_score": metrics.inception_score(probs),
-              "digit_shares": metrics.class_shares(probs).tolist()}
-    if real is not None:
-        real_x = normalize(real, "standard")
-        real_probs = metrics.softmax(predict(classifier, real_x))
-        scores["real_inception_score"] = metrics.inception_score(real_probs)
-        fake_features = metrics.penultimate_features(classifier, fake_x)
-        real_features = metrics.penultimate_features(classifier, real_x)
-        scores["frechet_distance"] = metrics.frechet_distance(fake_features, real_features)
-    return scores
 
 
 def main(argv=None) -> int:

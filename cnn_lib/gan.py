@@ -16,6 +16,8 @@ the loader, so :func:`to_tanh_range` does it. The layers that feed a batch norm 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .layers import (
@@ -33,7 +35,11 @@ from .layers import (
 from .losses import BCEWithLogits
 from .model import Sequential
 
-__all__ = ["discriminator", "generator", "to_tanh_range", "train_step"]
+__all__ = ["PRETRAINED", "discriminator", "generator", "latent_size", "pretrained", "sample", "score",
+           "to_pixels", "to_tanh_range", "train_step"]
+
+#: The generator trained by ``python -m cnn_lib gan`` (the command is in ``data/README.md``).
+PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "dcgan_generator_mnist.npz"
 
 
 def generator(latent: int = 64, width: int = 64, rng=None, dtype=np.float32) -> Sequential:
@@ -68,6 +74,68 @@ def to_tanh_range(images) -> np.ndarray:
     if images.dtype != np.uint8:
         raise TypeError(f"expected raw uint8 pixels (0..255), got dtype {images.dtype}")
     return images.astype(np.float32) / 127.5 - 1.0
+
+
+def to_pixels(images) -> np.ndarray:
+    """The generator's [-1, 1] back to uint8 pixels 0..255 (rounded, clipped): what the
+    classifier and a PNG read."""
+    images = np.asarray(images)
+    return np.clip(np.round((images.astype(np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def latent_size(gen) -> int:
+    """How many noise numbers per image the generator ``gen`` reads (its first layer's inputs)."""
+    return int(gen.layers[0].params["weight"].shape[1])
+
+
+def pretrained() -> Sequential:
+    """The generator shipped in ``data/`` (lesson 11), in evaluation mode; a clear error names
+    the file when it is missing."""
+    if not PRETRAINED.is_file():
+        raise FileNotFoundError(f"the shipped DCGAN generator is missing: expected {PRETRAINED} "
+                                "(reinstall the course, or retrain with the command in data/README.md)")
+    with np.load(PRETRAINED, allow_pickle=False) as saved:
+        latent = saved["0.weight"].shape[1]      # Linear weight (128*7*7*..., latent)
+        width = saved["4.weight"].shape[1]       # ConvTranspose2d weight (2*width, width, 4, 4)
+    gen = generator(latent, width, rng=0)
+    gen.load(PRETRAINED)
+    return gen.eval()
+
+
+def sample(gen, n: int = 64, seed=0, *, batch_size: int = 500) -> np.ndarray:
+    """``n`` images ``(n, 1, 28, 28)`` in [-1, 1] from noise drawn with ``seed``, the generator
+    in evaluation mode (its batch norms use their running statistics); its mode is restored."""
+    z = as_generator(seed).standard_normal((n, latent_size(gen))).astype(gen.layers[0].params["weight"].dtype)
+    was_training = gen.training
+    gen.eval()
+    try:
+        return np.concatenate([gen.forward(z[i:i + batch_size]) for i in range(0, n, batch_size)])
+    finally:
+        gen.train(was_training)
+
+
+def score(gen, n: int = 10_000, seed=0, real=None, classifier=None) -> dict:
+    """Score ``n`` digits of ``gen`` (drawn by :func:`sample`) with the shipped classifier
+    (``models.pretrained("lenet_small")``, or ``classifier``): inception score and each
+    digit's share (:mod:`cnn_lib.metrics`), and, given ``real`` uint8 images (N, 1, 28, 28),
+    the Fréchet distance of the classifier's penultimate features and the real images' own
+    inception score. Returns a dict of plain numbers (JSON-ready)."""
+    from . import metrics, models
+    from .data import normalize
+    from .training import predict
+
+    classifier = classifier or models.pretrained("lenet_small")
+    fake_x = normalize(to_pixels(sample(gen, n, seed)), "standard")
+    probs = metrics.softmax(predict(classifier, fake_x))
+    scores = {"n": n, "inception_score": metrics.inception_score(probs),
+              "digit_shares": metrics.class_shares(probs).tolist()}
+    if real is not None:
+        real_x = normalize(real, "standard")
+        scores["real_inception_score"] = metrics.inception_score(metrics.softmax(predict(classifier, real_x)))
+        fake_features = metrics.penultimate_features(classifier, fake_x)
+        real_features = metrics.penultimate_features(classifier, real_x)
+        scores["frechet_distance"] = metrics.frechet_distance(fake_features, real_features)
+    return scores
 
 
 def train_step(gen, disc, opt_g, opt_d, real, z, loss_fn=None) -> tuple[float, float]:

@@ -30,6 +30,7 @@ from cnn_lib import (
     Conv2d,
     ConvTranspose2d,
     Flatten,
+    LeakyReLU,
     Linear,
     MaxPool2d,
     ReLU,
@@ -338,10 +339,30 @@ def fast_and_reference(layer, x):
     lambda: AvgPool2d(2),
     lambda: AvgPool2d(3, stride=1),
     lambda: ReLU(),
+    lambda: LeakyReLU(0.2),
+    lambda: LeakyReLU(1.5),  # a slope outside [0, 1]: the vectorized tier's kernel
 ], ids=["conv pad", "conv stride", "conv", "conv transpose", "conv transpose 6 out", "maxpool",
-        "maxpool overlap", "maxpool gaps", "avgpool", "avgpool overlap", "relu"])
+        "maxpool overlap", "maxpool gaps", "avgpool", "avgpool overlap", "relu", "leaky relu",
+        "leaky relu slope 1.5"])
 def test_sliced_and_threaded_kernels_agree_with_the_loops(sliced, make):
     fast_and_reference(make(), separated(np.random.default_rng(0), (5, 3, 7, 8)))
+
+
+@pytest.mark.parametrize("slope", [0.0, 0.01, 0.2, 1.0])
+def test_fast_leaky_relu_is_bit_for_bit_the_vectorized_one(slope):
+    """The fast tier's factor max(x > 0, slope) gives exactly where(x > 0, x, slope * x), in
+    float32 too, and keeps a channels-last layout."""
+    from cnn_lib.kernels import fast, vectorized
+
+    x = np.random.default_rng(1).standard_normal((4, 6, 5, 3)).astype(np.float32).transpose(0, 3, 1, 2)
+    x[0, 0, 0, :2] = (0.0, -0.0)
+    dy = np.random.default_rng(2).standard_normal(x.shape).astype(np.float32)
+    y_fast, cache = fast.leaky_relu_forward(x, slope)
+    y_vec, x_cache = vectorized.leaky_relu_forward(x, slope)
+    np.testing.assert_array_equal(y_fast, y_vec)
+    assert y_fast.dtype == np.float32 and y_fast.strides == x.strides
+    np.testing.assert_array_equal(fast.leaky_relu_backward(dy, cache, slope),
+                                  vectorized.leaky_relu_backward(dy, x_cache, slope))
 
 
 def test_linear_with_its_products_shared_out_agrees_with_the_loops(sliced):

@@ -320,15 +320,15 @@ def test_sample_indices_name_the_samples_images_in_full_mnist():
 
 
 def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
-    status = cli.main(["gan", "--train-size", "128", "--epochs", "2", "--width", "8",
-                       "--latent", "16", "--score-samples", "300", "--epoch-score-samples", "200", "--keep-epochs",
+    status = cli.main(["gan", "--train-size", "128", "--epochs", "2", "--width", "8", "--latent", "16",
+                       "--score-samples", "300", "--epoch-score-samples", "200", "--keep-epochs",
                        "--no-progress", "--out", str(tmp_path)])
     assert status == 0
     printed = capsys.readouterr().out
     assert "epoch 2:" in printed and "200 samples: inception score" in printed and "rarest digit" in printed
-    assert sorted(os.listdir(tmp_path)) == ["discriminator.npz", "generator-epoch-1.npz", "generator-epoch-2.npz",
-                                            "generator.npz", "history.json",
-                                            "samples-epoch-1.png", "samples-epoch-2.png", "scores.json"]
+    assert sorted(os.listdir(tmp_path)) == [
+        "discriminator.npz", "generator-epoch-1.npz", "generator-epoch-2.npz", "generator.npz",
+        "history.json", "samples-epoch-1.png", "samples-epoch-2.png", "scores.json"]
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history["d_loss"]) == len(history["g_loss"]) == 4 and len(history["epoch_seconds"]) == 2
     assert len(history["inception_score"]) == 2 and all(1.0 <= s <= 10.0 for s in history["inception_score"])

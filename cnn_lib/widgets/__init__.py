@@ -9,5 +9,6 @@ matplotlib figure for one setting of its controls (so it works headless and in t
 from .conv_backward import *  # noqa: F403
 from .conv_forward import *  # noqa: F403
 from .filters import *  # noqa: F403
+from .gan import *  # noqa: F403
 from .pooling import *  # noqa: F403
 from .training import *  # noqa: F403

@@ -13,7 +13,7 @@ by module (lesson 09 walks through it):
   shifted add per kernel tap, and the **fused conv + ReLU + max-pool block** that
   :mod:`cnn_lib.fusion` runs.
 * :mod:`.pool`: pooling on the kH*kW strided sub-grids of the input.
-* :mod:`.dense`: dense layers and ReLU on the threads.
+* :mod:`.dense`: dense layers, ReLU and leaky ReLU on the threads.
 
 Batch normalisation is the vectorized tier's: a few passes over memory that threads did not
 speed up (``benchmarks/`` measures the DCGAN step that uses it).
@@ -25,8 +25,6 @@ for speed: no lesson prints them, and the tests hold them to the other two tiers
 from ..vectorized import (
     batchnorm_backward,
     batchnorm_forward,
-    leaky_relu_backward,
-    leaky_relu_forward,
     sigmoid_backward,
     sigmoid_forward,
     softmax_cross_entropy,
@@ -41,7 +39,14 @@ from .conv import (
     conv_transpose2d_backward,
     conv_transpose2d_forward,
 )
-from .dense import linear_backward, linear_forward, relu_backward, relu_forward
+from .dense import (
+    leaky_relu_backward,
+    leaky_relu_forward,
+    linear_backward,
+    linear_forward,
+    relu_backward,
+    relu_forward,
+)
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 from .threads import get_num_threads, set_num_threads, single_threaded_blas
 

@@ -1,7 +1,7 @@
 """Dense layers and activations, fast: products and elementwise passes shared out between threads.
 
-Only the kernels that gain from threads live here; the others (leaky ReLU, sigmoid, tanh,
-softmax cross-entropy) are the vectorized tier's, re-exported by :mod:`cnn_lib.kernels.fast`.
+Only the kernels that gain from threads live here; the others (sigmoid, tanh, softmax
+cross-entropy) are the vectorized tier's, re-exported by :mod:`cnn_lib.kernels.fast`.
 Elementwise ufuncs keep their input's memory layout, so channels-last stays channels-last.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import vectorized as _vectorized
 from .threads import for_each_slice, matmul
 
 
@@ -59,3 +60,31 @@ def relu_backward(dy, mask):
 
     for_each_slice(work, len(dy), 3 * dy[0].nbytes)  # dy, mask and dx
     return dx
+
+
+def leaky_relu_forward(x, slope):
+    """y = x where x > 0, else slope * x. x (any shape) -> y (x's shape and memory layout),
+    cache the factor dy/dx (1.0 or slope, in x's dtype).
+
+    For 0 <= slope <= 1 the factor is max(x > 0, slope): two vector passes instead of
+    ``np.where``'s slow scalar loop, and y = x * factor is exactly the vectorized tier's
+    ``where(x > 0, x, slope * x)``. Other slopes go to the vectorized tier."""
+    if x.ndim == 0 or not 0.0 <= slope <= 1.0:
+        return _vectorized.leaky_relu_forward(x, slope)
+    y, factor = np.empty_like(x), np.empty_like(x)
+    slope = x.dtype.type(slope)
+
+    def work(part):
+        np.greater(x[part], 0, out=factor[part])
+        np.maximum(factor[part], slope, out=factor[part])
+        np.multiply(x[part], factor[part], out=y[part])
+
+    for_each_slice(work, len(x), 3 * x[0].nbytes)  # x, y and the factor
+    return y, factor
+
+
+def leaky_relu_backward(dy, cache, slope):
+    """dy (x's shape) -> dx = dy * factor (the forward pass's cache)."""
+    if dy.ndim == 0 or not 0.0 <= slope <= 1.0:              # as in the forward pass
+        return _vectorized.leaky_relu_backward(dy, cache, slope)  # the cache is x there
+    return relu_backward(dy, cache)

@@ -1,0 +1,99 @@
+"""The DCGAN helpers and the latent-space explorer of lesson 11 (without a browser): sampling,
+scoring, the shipped generator, and what the explorer draws for each control."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from cnn_lib import gan, models
+from cnn_lib.widgets import LatentExplorer
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return models.pretrained("lenet_small")
+
+
+def test_to_pixels_and_back():
+    pixels = np.array([0, 1, 127, 128, 254, 255], np.uint8)
+    assert np.array_equal(gan.to_pixels(gan.to_tanh_range(pixels)), pixels)
+    assert np.array_equal(gan.to_pixels(np.array([-3.0, 3.0])), [0, 255])     # clipped
+    with pytest.raises(TypeError, match="uint8"):
+        gan.to_tanh_range(np.zeros(3))
+
+
+def test_sample_is_deterministic_and_keeps_the_mode():
+    gen = gan.generator(latent=5, width=4, rng=0)
+    assert gan.latent_size(gen) == 5
+    gen.train()
+    a = gan.sample(gen, 7, seed=3, batch_size=3)   # three batches; evaluation mode: no batch statistics
+    assert a.shape == (7, 1, 28, 28) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
+    assert gen.training                                  # restored
+    np.testing.assert_array_equal(a, gan.sample(gen, 7, seed=3))
+    assert not np.array_equal(a, gan.sample(gen, 7, seed=4))
+
+
+def test_score_of_real_digits_against_themselves(classifier):
+    gen = gan.generator(latent=4, width=4, rng=0)
+    real = (np.random.default_rng(0).random((50, 1, 28, 28)) * 255).astype(np.uint8)
+    scores = gan.score(gen, 40, seed=0, real=real, classifier=classifier)
+    assert set(scores) == {"n", "inception_score", "digit_shares", "real_inception_score", "frechet_distance"}
+    assert 1.0 <= scores["inception_score"] <= 10.0 and np.isclose(sum(scores["digit_shares"]), 1.0)
+    assert scores["frechet_distance"] > 0
+
+
+def test_the_shipped_generator_draws_every_digit(classifier):
+    gen = gan.pretrained()
+    assert not gen.training
+    scores = gan.score(gen, 2000, seed=11, classifier=classifier)
+    # the full 10,000-digit figures are in data/README.md; 2,000 fresh ones land close
+    assert scores["inception_score"] > 7.5, scores
+    assert min(scores["digit_shares"]) > 0.03, scores
+
+
+def test_latent_explorer_draws_the_walk(classifier):
+    gen = gan.generator(latent=6, width=4, rng=0)
+    explorer = LatentExplorer(gen, classifier, seed=1, dims=(0, 5), steps=5)
+    fig = explorer.draw(t=0.0)
+    assert isinstance(fig, Figure)
+    np.testing.assert_allclose(explorer.last["z"], explorer.z_a)
+    explorer.draw(t=1.0, offsets=[2.0, -1.0])
+    expected = explorer.z_b.copy()
+    expected[[0, 5]] += [2.0, -1.0]
+    np.testing.assert_allclose(explorer.last["z"], expected)
+    assert explorer.last["probs"].shape == (10,) and np.isclose(explorer.last["probs"].sum(), 1.0)
+    # the image drawn is the generator's for that z, in evaluation mode
+    np.testing.assert_allclose(explorer.last["image"], explorer.images(expected[None])[0], atol=1e-6)
+    with pytest.raises(ValueError, match="2 offsets"):
+        explorer.draw(t=0.5, offsets=[1.0])
+    with pytest.raises(ValueError, match="latent indices"):
+        LatentExplorer(gen, dims=(6,))
+
+
+def test_latent_explorer_widget_callbacks(classifier):
+    explorer = LatentExplorer(gan.generator(latent=6, width=4, rng=0), classifier, seed=2, dims=(1,))
+    box = explorer.widget()
+    assert box is not None and explorer.last["t"] == 0.0
+    explorer.controls["t"].value = 0.5
+    assert explorer.last["t"] == 0.5 and "classifier reads" in explorer.readout.value
+    explorer.controls[1].value = 1.5
+    assert explorer.last["offsets"][0] == 1.5
+    z_a = explorer.z_a.copy()
+    explorer.controls["new pair"].click()
+    assert not np.allclose(explorer.z_a, z_a)
+    np.testing.assert_allclose(explorer.last["z"], explorer.latent_vector(0.5, [1.5]))
+    # without a classifier there is no readout of digits, and no error
+    plain = LatentExplorer(gan.generator(latent=6, width=4, rng=0), None)
+    plain.draw(t=0.3)
+    assert "digit" not in plain.last
