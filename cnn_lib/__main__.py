@@ -58,6 +58,16 @@ def _positive_float(text):
     return value
 
 
+def _decay(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1) (0: no averaging), got {text!r}")
+    return value
+
+
 def _seeds(text):
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
@@ -132,9 +142,10 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gan", help="train the DCGAN of lesson 11 and measure its digits",
                        description="Train cnn_lib.gan's generator and discriminator on MNIST digits "
                                    "(pixels scaled to [-1, 1]), Adam lr 2e-4, betas (0.5, 0.999), as in "
-                                   "the DCGAN paper; save generator.npz, discriminator.npz, history.json "
-                                   "and a grid of samples after every epoch into --out; then score "
-                                   "--score-samples generated digits with the shipped classifier.")
+                                   "the DCGAN paper; save generator.npz (the weight average of --ema), "
+                                   "discriminator.npz, history.json and a grid of samples after every "
+                                   "epoch into --out; then score --score-samples generated digits with "
+                                   "the shipped classifier.")
     _add_data_options(g)
     g.add_argument("--train-size", type=_positive_int, metavar="N",
                    help="use only the first N training images")
@@ -145,6 +156,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--latent", type=_positive_int, default=64, help="noise numbers per image (default 64)")
     g.add_argument("--width", type=_positive_int, default=64,
                    help="channels of the 14x14 layers (the 7x7 ones have twice as many; default 64)")
+    g.add_argument("--ema", type=_decay, default=0.999, metavar="DECAY",
+                   help="keep an exponential moving average of the generator's weights with this decay, "
+                        "and save, sample and score the averaged generator (default 0.999; 0: the last "
+                        "step's weights, no averaging)")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the noise and the shuffling")
     g.add_argument("--score-samples", type=int, default=10000, metavar="N",
                    help="generated digits to score at the end (default 10000; 0: no scoring)")
@@ -320,12 +335,17 @@ def gan_command(args) -> int:
     disc = gan.discriminator(args.width, rng=rng)
     opt_g = Adam(gen.parameters(), lr=args.lr, betas=(0.5, 0.999))
     opt_d = Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    average = gan.WeightAverage(gen, args.ema) if args.ema else None
     os.makedirs(args.out, exist_ok=True)
     fixed_z = np.random.default_rng(12345).standard_normal((64, args.latent)).astype(np.float32)
     steps = -(-len(real) // args.batch_size)
     print(f"DCGAN on {args.data} MNIST: {len(real):,} images, batch {args.batch_size}, Adam lr {args.lr}, "
-          f"latent {args.latent}, width {args.width}, {args.epochs} epoch(s) of {steps} steps")
+          f"latent {args.latent}, width {args.width}, {args.epochs} epoch(s) of {steps} steps"
+          + (f", weight average {args.ema}" if average else ""))
     history = {"d_loss": [], "g_loss": [], "epoch_seconds": [], "inception_score": [], "digit_shares": []}
+    if average:
+        history["last_step_inception_score"] = []
+    result = gen
     bar = None
     if not args.no_progress:
         from tqdm.auto import tqdm
@@ -340,6 +360,8 @@ def gan_command(args) -> int:
                 batch = real[order[first:first + args.batch_size]]
                 z = rng.standard_normal((len(batch), args.latent)).astype(np.float32)
                 d_loss, g_loss = gan.train_step(gen, disc, opt_g, opt_d, batch, z)
+                if average:
+                    average.update()
                 if not (np.isfinite(d_loss) and np.isfinite(g_loss)):
                     raise CliError(f"the losses became {d_loss}, {g_loss} at epoch {epoch}: "
                                    "try a smaller --lr")
@@ -349,20 +371,28 @@ def gan_command(args) -> int:
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, d=f"{d_loss:.2f}", g=f"{g_loss:.2f}", refresh=False)
             history["epoch_seconds"].append(time.perf_counter() - start)
-            gen.save(os.path.join(args.out, "generator.npz"))
+            result = average.finish(seed=args.seed + 2) if average else gen
+            result.save(os.path.join(args.out, "generator.npz"))
             disc.save(os.path.join(args.out, "discriminator.npz"))
+            if average:
+                gen.save(os.path.join(args.out, "generator-last-step.npz"))
             if args.keep_epochs:
-                gen.save(os.path.join(args.out, f"generator-epoch-{epoch}.npz"))
+                result.save(os.path.join(args.out, f"generator-epoch-{epoch}.npz"))
             measured = ""
             if args.epoch_score_samples > 0:
-                epoch_scores = gan.score(gen, args.epoch_score_samples, seed=args.seed + 1)
+                epoch_scores = gan.score(result, args.epoch_score_samples, seed=args.seed + 1)
                 history["inception_score"].append(epoch_scores["inception_score"])
                 history["digit_shares"].append(epoch_scores["digit_shares"])
                 measured = (f", {args.epoch_score_samples} samples: inception score "
                             f"{epoch_scores['inception_score']:.2f}, rarest digit "
                             f"{min(epoch_scores['digit_shares']):.1%}")
-            samples = gen.eval().forward(fixed_z)
-            gen.train()
+                if average:
+                    last = gan.score(gen, args.epoch_score_samples, seed=args.seed + 1)["inception_score"]
+                    history["last_step_inception_score"].append(last)
+                    measured += f" (the last step's weights: {last:.2f})"
+            was_training = result.training
+            samples = result.eval().forward(fixed_z)
+            result.train(was_training)
             fig = show_digits(samples[:, 0], None, title=f"DCGAN samples after epoch {epoch}", ncols=8)
             fig.savefig(os.path.join(args.out, f"samples-epoch-{epoch}.png"), dpi=80)
             plt.close(fig)
@@ -379,7 +409,7 @@ def gan_command(args) -> int:
             json.dump(history, f)
     if status or not args.score_samples:
         return status
-    scores = gan.score(gen, args.score_samples, seed=args.seed + 1, real=data.x_test)
+    scores = gan.score(result, args.score_samples, seed=args.seed + 1, real=data.x_test)
     with open(os.path.join(args.out, "scores.json"), "w") as f:
         json.dump(scores, f, indent=1)
     shares = ", ".join(f"{d}: {s:.1%}" for d, s in enumerate(scores["digit_shares"]))

@@ -35,8 +35,8 @@ from .layers import (
 from .losses import BCEWithLogits
 from .model import Sequential
 
-__all__ = ["PRETRAINED", "discriminator", "generator", "latent_size", "pretrained", "sample", "score",
-           "to_pixels", "to_tanh_range", "train_step"]
+__all__ = ["PRETRAINED", "WeightAverage", "discriminator", "generator", "latent_size", "pretrained",
+           "refresh_batch_norm", "sample", "score", "to_pixels", "to_tanh_range", "train_step"]
 
 #: The generator trained by ``python -m cnn_lib gan`` (the command is in ``data/README.md``).
 PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "dcgan_generator_mnist.npz"
@@ -95,7 +95,7 @@ def pretrained() -> Sequential:
         raise FileNotFoundError(f"the shipped DCGAN generator is missing: expected {PRETRAINED} "
                                 "(reinstall the course, or retrain with the command in data/README.md)")
     with np.load(PRETRAINED, allow_pickle=False) as saved:
-        latent = saved["0.weight"].shape[1]      # Linear weight (128*7*7*..., latent)
+        latent = saved["0.weight"].shape[1]      # Linear weight (2*width*7*7, latent)
         width = saved["4.weight"].shape[1]       # ConvTranspose2d weight (2*width, width, 4, 4)
     gen = generator(latent, width, rng=0)
     gen.load(PRETRAINED)
@@ -164,3 +164,69 @@ def train_step(gen, disc, opt_g, opt_d, real, z, loss_fn=None) -> tuple[float, f
     gen.backward(d_fake, need_input_grad=False)
     opt_g.step()
     return float(d_loss), float(g_loss)
+
+
+class WeightAverage:
+    """An exponential moving average of a generator's weights, kept in a second generator of
+    the same shape (Polyak averaging; for GAN generators: Yazıcı et al., *The Unusual
+    Effectiveness of Averaging in GAN Training*, ICLR 2019).
+
+    A GAN's generator never settles: every step answers the discriminator of that moment, so
+    the weights circle around a good solution. Their average sits nearer its middle and draws
+    cleaner digits; it is never trained itself. After ``update()`` number ``t``::
+
+        averaged = d * averaged + (1 - d) * weights,    d = min(decay, (1 + t) / (10 + t))
+
+    (the smaller ``d`` of the first steps lets the average leave the random start quickly).
+    Batch-norm buffers are not averaged: call :meth:`finish` before the averaged generator is
+    used in evaluation mode; it measures them again for the averaged weights.
+    """
+
+    def __init__(self, gen, decay: float = 0.999):
+        decay = float(decay)
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"WeightAverage: decay must be between 0 and 1, got {decay!r}")
+        self.decay, self.steps = decay, 0
+        first = gen.layers[0].params["weight"]
+        self.averaged = generator(latent_size(gen), _width(gen), rng=0, dtype=first.dtype)
+        self.averaged.load_state_dict(gen.state_dict())
+        self._pairs = [(a.value, p.value) for a, p in zip(self.averaged.parameters(), gen.parameters())]
+
+    def update(self) -> None:
+        """Move the average one step towards the generator's current weights."""
+        self.steps += 1
+        d = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        for average, weights in self._pairs:
+            average *= d
+            average += (1 - d) * weights
+
+    def finish(self, seed=0, n: int = 10_000, batch_size: int = 500):
+        """The averaged generator in evaluation mode, its batch norms' running statistics measured
+        for the averaged weights (:func:`refresh_batch_norm` on ``n`` noise vectors drawn with ``seed``)."""
+        refresh_batch_norm(self.averaged, seed=seed, n=n, batch_size=batch_size)
+        return self.averaged.eval()
+
+
+def _width(gen) -> int:
+    return int(gen.layers[4].params["weight"].shape[1])     # ConvTranspose2d weight (2*width, width, 4, 4)
+
+
+def refresh_batch_norm(gen, seed=0, n: int = 10_000, batch_size: int = 500) -> None:
+    """Measure the running statistics of every batch norm in ``gen`` anew: run ``n`` noise
+    vectors (drawn with ``seed``) through it in training mode, in batches, and set each
+    ``running_mean``/``running_var`` to the plain average of the batches' statistics (a
+    momentum of 1/k for batch k). The weights are not touched; the mode is restored."""
+    norms = [layer for layer in gen.layers if isinstance(layer, BatchNorm2d)]
+    momenta = [layer.momentum for layer in norms]
+    was_training = gen.training
+    z = as_generator(seed).standard_normal((n, latent_size(gen))).astype(gen.layers[0].params["weight"].dtype)
+    gen.train()
+    try:
+        for k, first in enumerate(range(0, n, batch_size), start=1):
+            for layer in norms:
+                layer.momentum = 1.0 / k
+            gen.forward(z[first:first + batch_size])
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+        gen.train(was_training)

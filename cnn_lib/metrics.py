@@ -12,7 +12,11 @@ test set). Three numbers:
     score close to it; a generator that draws only one digit, however well, scores 1.
 ``class_shares(probs)``
     the share of the images read as each digit: mode collapse (a generator that forgot some
-    digits) shows as shares near 0.
+    digits) shows as shares near 0. ``effective_classes(shares)`` sums them up in one number,
+    ``exp(entropy of the shares)``: 10 for ten equal shares, 3 when three digits share every
+    image equally. Given the mean probabilities ``p(y)`` instead of the shares, it bounds the
+    inception score from above: the score is ``exp`` of the entropy of ``p(y)`` *minus* the
+    mean entropy of one image's probabilities.
 ``frechet_distance(features_a, features_b)``
     the Fréchet distance between two Gaussians fitted to the classifier's penultimate
     features of two sets of images (Heusel et al., 2017, with the course's classifier in the
@@ -26,7 +30,8 @@ import numpy as np
 
 from .training import predict
 
-__all__ = ["class_shares", "frechet_distance", "inception_score", "penultimate_features", "softmax"]
+__all__ = ["class_shares", "effective_classes", "frechet_distance", "inception_score", "penultimate_features",
+           "softmax"]
 
 
 def softmax(logits) -> np.ndarray:
@@ -62,6 +67,16 @@ def class_shares(probs) -> np.ndarray:
     ``(K,)``, summing to 1."""
     p = _probabilities(probs)
     return np.bincount(p.argmax(axis=1), minlength=p.shape[1]) / len(p)
+
+
+def effective_classes(shares) -> float:
+    """``exp(-sum_k s_k log s_k)`` of class shares ``(K,)`` (e.g. :func:`class_shares`): how many
+    equally common classes would be as varied; between 1 and K."""
+    s = np.asarray(shares, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0 or np.any(s < 0) or not np.isclose(s.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"expected shares: a 1-d array of non-negative numbers that sum to 1, got {s!r}")
+    nonzero = s[s > 0]
+    return float(np.exp(-np.sum(nonzero * np.log(nonzero))))
 
 
 def _sqrt_psd(matrix) -> np.ndarray:

@@ -53,6 +53,39 @@ def test_score_of_real_digits_against_themselves(classifier):
     assert scores["frechet_distance"] > 0
 
 
+def test_weight_average_follows_its_formula_and_copies_nothing():
+    gen = gan.generator(latent=3, width=2, rng=0)
+    average = gan.WeightAverage(gen, decay=0.5)
+    start = {k: v.copy() for k, v in gen.params.items()}
+    assert all(np.array_equal(average.averaged.params[k], v) for k, v in start.items())
+    for t in (1, 2, 3):
+        for value in gen.params.values():
+            value += 1.0                                   # the "training step"
+        before = {k: v.copy() for k, v in average.averaged.params.items()}
+        average.update()
+        d = min(0.5, (1 + t) / (10 + t))
+        for k, value in gen.params.items():
+            np.testing.assert_allclose(average.averaged.params[k], d * before[k] + (1 - d) * value, rtol=1e-6)
+    assert all(not np.shares_memory(average.averaged.params[k], v) for k, v in gen.params.items())
+    with pytest.raises(ValueError, match="decay"):
+        gan.WeightAverage(gen, decay=1.0)
+
+
+def test_refresh_batch_norm_averages_the_batches_statistics():
+    gen = gan.generator(latent=4, width=2, rng=0)
+    gen.layers[2].buffers["running_mean"][...] = 99.0           # stale statistics, to be replaced
+    gen.eval()
+    gan.refresh_batch_norm(gen, seed=5, n=30, batch_size=10)
+    assert not gen.training and gen.layers[2].momentum == 0.1    # mode and momentum restored
+    z = np.random.default_rng(5).standard_normal((30, 4)).astype(np.float32)
+    h = gen.layers[1].forward(gen.layers[0].forward(z)).astype(np.float64)   # the first batch norm's input
+    batches = h.reshape(3, 10, *h.shape[1:])
+    means = batches.mean(axis=(1, 3, 4))                        # (3 batches, C)
+    variances = batches.var(axis=(1, 3, 4), ddof=1)             # unbiased, PyTorch's convention
+    np.testing.assert_allclose(gen.layers[2].buffers["running_mean"], means.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gen.layers[2].buffers["running_var"], variances.mean(axis=0), rtol=1e-5)
+
+
 def test_the_shipped_generator_draws_every_digit(classifier):
     gen = gan.pretrained()
     assert not gen.training

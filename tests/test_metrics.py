@@ -38,6 +38,16 @@ def test_class_shares_and_bad_input():
         metrics.class_shares(np.ones(3) / 3)
 
 
+def test_effective_classes():
+    assert metrics.effective_classes(np.full(10, 0.1)) == pytest.approx(10.0)
+    assert metrics.effective_classes([0.5, 0.5, 0.0]) == pytest.approx(2.0)
+    assert metrics.effective_classes([1.0, 0.0]) == pytest.approx(1.0)
+    probs = np.random.default_rng(0).dirichlet(np.ones(10), size=200)     # the bound on the inception score
+    assert metrics.inception_score(probs) <= metrics.effective_classes(probs.mean(axis=0)) + 1e-12
+    with pytest.raises(ValueError, match="sum to 1"):
+        metrics.effective_classes([0.5, 0.6])
+
+
 def test_frechet_distance_in_closed_form():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((20000, 3))

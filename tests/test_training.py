@@ -254,6 +254,7 @@ def test_cli_several_seeds_and_the_tutorial_setting(tmp_path, capsys):
     (["train", "--model", "lenet", "--init", "tutorial"], "--init tutorial is the tutorial model's"),
     (["train", "--holdout-sample"], "--holdout-sample leaves the sample's images out of full MNIST"),
     (["train", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (["gan", "--ema", "1"], "--ema: expected a number in [0, 1)"),
 ])
 def test_cli_says_in_one_line_what_is_wrong(argv, message, capsys):
     try:
@@ -327,16 +328,29 @@ def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "epoch 2:" in printed and "200 samples: inception score" in printed and "rarest digit" in printed
     assert sorted(os.listdir(tmp_path)) == [
-        "discriminator.npz", "generator-epoch-1.npz", "generator-epoch-2.npz", "generator.npz",
-        "history.json", "samples-epoch-1.png", "samples-epoch-2.png", "scores.json"]
+        "discriminator.npz", "generator-epoch-1.npz", "generator-epoch-2.npz", "generator-last-step.npz",
+        "generator.npz", "history.json", "samples-epoch-1.png", "samples-epoch-2.png", "scores.json"]
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history["d_loss"]) == len(history["g_loss"]) == 4 and len(history["epoch_seconds"]) == 2
     assert len(history["inception_score"]) == 2 and all(1.0 <= s <= 10.0 for s in history["inception_score"])
+    assert len(history["last_step_inception_score"]) == 2
+    # generator.npz is the weight average (--ema 0.999 by default), not the last step's weights
+    averaged, last = np.load(tmp_path / "generator.npz"), np.load(tmp_path / "generator-last-step.npz")
+    assert not np.array_equal(averaged["0.weight"], last["0.weight"])
     assert [len(shares) for shares in history["digit_shares"]] == [10, 10]
     scores = json.loads((tmp_path / "scores.json").read_text())
     assert scores["n"] == 300 and 1.0 <= scores["inception_score"] <= 10.0
     assert sum(scores["digit_shares"]) == pytest.approx(1.0) and scores["frechet_distance"] > 0
     assert 9.5 < scores["real_inception_score"] <= 10.0     # the 1,000 real test digits of the sample
+
+
+def test_cli_gan_without_averaging_saves_the_last_steps_weights(tmp_path, capsys):
+    status = cli.main(["gan", "--train-size", "64", "--epochs", "1", "--width", "4", "--latent", "8",
+                       "--ema", "0", "--score-samples", "0", "--epoch-score-samples", "0", "--no-progress",
+                       "--out", str(tmp_path)])
+    assert status == 0 and "weight average" not in capsys.readouterr().out
+    assert "generator-last-step.npz" not in os.listdir(tmp_path)
+    assert "last_step_inception_score" not in json.loads((tmp_path / "history.json").read_text())
 
 
 def test_cli_help_and_the_module_entry_point():
