@@ -223,14 +223,19 @@ def test_sample_checksum_and_size_match_readme():
     assert size and int(size.group(1).replace(",", "")) == len(payload)
 
 
-def test_shipped_weights_checksum_matches_readme():
+def _shipped_weights():
+    from cnn_lib import gan
     from cnn_lib.models import PRETRAINED
 
+    return [PRETRAINED["lenet_small"], gan.PRETRAINED]
+
+
+@pytest.mark.parametrize("path", _shipped_weights(), ids=lambda p: p.name)
+def test_shipped_weights_checksum_matches_readme(path):
     readme = (REPO / "data" / "README.md").read_text()
-    match = re.search(r"SHA-256 of lenet_small_mnist\.npz:\s*`([0-9a-f]{64})`", readme)
-    assert match, "data/README.md must state 'SHA-256 of lenet_small_mnist.npz: `<hex>`'"
-    assert sha256(PRETRAINED["lenet_small"].read_bytes()) == match.group(1), \
-        "weights changed: update data/README.md"
+    match = re.search(rf"SHA-256 of {re.escape(path.name)}:\s*`([0-9a-f]{{64}})`", readme)
+    assert match, f"data/README.md must state 'SHA-256 of {path.name}: `<hex>`'"
+    assert sha256(path.read_bytes()) == match.group(1), "weights changed: update data/README.md"
 
 
 def test_load_sample_defaults():

@@ -82,7 +82,8 @@ def test_refresh_batch_norm_averages_the_batches_statistics():
     batches = h.reshape(3, 10, *h.shape[1:])
     means = batches.mean(axis=(1, 3, 4))                        # (3 batches, C)
     variances = batches.var(axis=(1, 3, 4), ddof=1)             # unbiased, PyTorch's convention
-    np.testing.assert_allclose(gen.layers[2].buffers["running_mean"], means.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gen.layers[2].buffers["running_mean"], means.mean(axis=0), rtol=1e-5,
+                               atol=1e-7)
     np.testing.assert_allclose(gen.layers[2].buffers["running_var"], variances.mean(axis=0), rtol=1e-5)
 
 
