@@ -156,6 +156,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--latent", type=_positive_int, default=64, help="noise numbers per image (default 64)")
     g.add_argument("--width", type=_positive_int, default=64,
                    help="channels of the 14x14 layers (the 7x7 ones have twice as many; default 64)")
+    g.add_argument("--real-label", type=_positive_float, default=1.0, metavar="T",
+                   help="the discriminator's target for real images (default 1; 0.9: one-sided label "
+                        "smoothing; the generator's target stays 1)")
     g.add_argument("--ema", type=_decay, default=0.999, metavar="DECAY",
                    help="keep an exponential moving average of the generator's weights with this decay, "
                         "and save, sample and score the averaged generator (default 0.999; 0: the last "
@@ -327,6 +330,8 @@ def gan_command(args) -> int:
     from . import gan
     from .viz.digits import show_digits
 
+    if args.real_label > 1.0:
+        raise CliError(f"--real-label is a probability target in (0, 1], got {args.real_label}")
     args.normalize = None  # raw pixels: the generator's range is [-1, 1], the classifier's its own
     data = _load(args, args.train_size)
     real = gan.to_tanh_range(data.x_train)
@@ -341,7 +346,8 @@ def gan_command(args) -> int:
     steps = -(-len(real) // args.batch_size)
     print(f"DCGAN on {args.data} MNIST: {len(real):,} images, batch {args.batch_size}, Adam lr {args.lr}, "
           f"latent {args.latent}, width {args.width}, {args.epochs} epoch(s) of {steps} steps"
-          + (f", weight average {args.ema}" if average else ""))
+          + (f", weight average {args.ema}" if average else "")
+          + (f", real label {args.real_label}" if args.real_label != 1.0 else ""))
     history = {"d_loss": [], "g_loss": [], "epoch_seconds": [], "inception_score": [], "digit_shares": []}
     if average:
         history["last_step_inception_score"] = []
@@ -359,7 +365,7 @@ def gan_command(args) -> int:
             for first in range(0, len(real), args.batch_size):
                 batch = real[order[first:first + args.batch_size]]
                 z = rng.standard_normal((len(batch), args.latent)).astype(np.float32)
-                d_loss, g_loss = gan.train_step(gen, disc, opt_g, opt_d, batch, z)
+                d_loss, g_loss = gan.train_step(gen, disc, opt_g, opt_d, batch, z, real_label=args.real_label)
                 if average:
                     average.update()
                 if not (np.isfinite(d_loss) and np.isfinite(g_loss)):

@@ -138,20 +138,27 @@ def score(gen, n: int = 10_000, seed=0, real=None, classifier=None) -> dict:
     return scores
 
 
-def train_step(gen, disc, opt_g, opt_d, real, z, loss_fn=None) -> tuple[float, float]:
+def train_step(gen, disc, opt_g, opt_d, real, z, loss_fn=None,
+               real_label: float = 1.0) -> tuple[float, float]:
     """One DCGAN step on a batch of ``real`` images and noise ``z``: first the discriminator
     (real images labelled 1, generated ones 0, the two batches run separately so each gets
     its own batch statistics, their gradients added), then the generator (its images
     labelled 1: the gradient flows back through the discriminator, whose weights this half
     does not change). Returns ``(d_loss, g_loss)``; ``d_loss`` is the sum of its two halves.
+
+    ``real_label`` < 1 is one-sided label smoothing (Salimans et al., 2016): the target of the
+    discriminator's real half only; the generator's target stays 1.
     """
+    if not 0.0 < real_label <= 1.0:
+        raise ValueError(f"train_step: real_label must be in (0, 1], got {real_label!r}")
     loss_fn = loss_fn or BCEWithLogits()
     n = len(real)
     ones, zeros = np.ones((n, 1), real.dtype), np.zeros((len(z), 1), real.dtype)
     fake = gen.forward(z)
 
     opt_d.zero_grad()
-    d_loss = loss_fn.forward(disc.forward(real), ones)
+    real_targets = ones if real_label == 1.0 else np.full_like(ones, real_label)
+    d_loss = loss_fn.forward(disc.forward(real), real_targets)
     disc.backward(loss_fn.backward(), need_input_grad=False)
     d_loss += loss_fn.forward(disc.forward(fake), zeros)
     disc.backward(loss_fn.backward(), need_input_grad=False)

@@ -87,6 +87,30 @@ def test_refresh_batch_norm_averages_the_batches_statistics():
     np.testing.assert_allclose(gen.layers[2].buffers["running_var"], variances.mean(axis=0), rtol=1e-5)
 
 
+def test_label_smoothing_changes_only_the_real_halfs_target():
+    from cnn_lib import Adam, BCEWithLogits
+
+    def one_step(real_label):
+        rng = np.random.default_rng(3)
+        g, d = gan.generator(4, 2, rng=rng, dtype=np.float64), gan.discriminator(2, rng=rng, dtype=np.float64)
+        opt_g, opt_d = Adam(g.parameters(), lr=1e-3), Adam(d.parameters(), lr=1e-3)
+        real = np.random.default_rng(4).uniform(-1, 1, (6, 1, 28, 28))
+        z = np.random.default_rng(5).standard_normal((6, 4))
+        return g, d, gan.train_step(g, d, opt_g, opt_d, real, z, real_label=real_label), real, z
+
+    _, _, (d_plain, g_plain), real, z = one_step(1.0)
+    g, d, (d_smooth, g_smooth), _, _ = one_step(0.9)
+    # D's real half: BCE against 0.9 instead of 1, of the same logits (the first forward of the step)
+    rng = np.random.default_rng(3)
+    g0, d0 = gan.generator(4, 2, rng=rng, dtype=np.float64), gan.discriminator(2, rng=rng, dtype=np.float64)
+    logits = d0.forward(real)
+    fake_half = BCEWithLogits().forward(d0.forward(g0.forward(z)), np.zeros((6, 1)))
+    assert d_smooth == pytest.approx(BCEWithLogits().forward(logits, np.full((6, 1), 0.9)) + fake_half)
+    assert d_plain == pytest.approx(BCEWithLogits().forward(logits, np.ones((6, 1))) + fake_half)
+    with pytest.raises(ValueError, match="real_label"):
+        gan.train_step(g, d, None, None, real, z, real_label=0.0)
+
+
 def test_the_shipped_generator_draws_every_digit(classifier):
     gen = gan.pretrained()
     assert not gen.training

@@ -255,6 +255,7 @@ def test_cli_several_seeds_and_the_tutorial_setting(tmp_path, capsys):
     (["train", "--holdout-sample"], "--holdout-sample leaves the sample's images out of full MNIST"),
     (["train", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
     (["gan", "--ema", "1"], "--ema: expected a number in [0, 1)"),
+    (["gan", "--real-label", "1.5"], "--real-label is a probability target in (0, 1]"),
 ])
 def test_cli_says_in_one_line_what_is_wrong(argv, message, capsys):
     try:
