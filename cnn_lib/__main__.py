@@ -142,7 +142,7 @@ def parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gan", help="train the DCGAN of lesson 11 and measure its digits",
                        description="Train cnn_lib.gan's generator and discriminator on MNIST digits "
                                    "(pixels scaled to [-1, 1]), Adam lr 2e-4, betas (0.5, 0.999), as in "
-                                   "the DCGAN paper; save generator.npz (the weight average of --ema), "
+                                   "the DCGAN paper; save generator.npz (with --ema, the weight average), "
                                    "discriminator.npz, history.json and a grid of samples after every "
                                    "epoch into --out; then score --score-samples generated digits with "
                                    "the shipped classifier.")
@@ -159,10 +159,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--real-label", type=_positive_float, default=1.0, metavar="T",
                    help="the discriminator's target for real images (default 1; 0.9: one-sided label "
                         "smoothing; the generator's target stays 1)")
-    g.add_argument("--ema", type=_decay, default=0.999, metavar="DECAY",
-                   help="keep an exponential moving average of the generator's weights with this decay, "
-                        "and save, sample and score the averaged generator (default 0.999; 0: the last "
-                        "step's weights, no averaging)")
+    g.add_argument("--ema", type=_decay, default=0.0, metavar="DECAY",
+                   help="keep an exponential moving average of the generator's weights with this decay "
+                        "(e.g. 0.999), and save, sample and score the averaged generator; the last step's "
+                        "weights go to generator-last-step.npz (default 0: no averaging)")
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the noise and the shuffling")
     g.add_argument("--score-samples", type=int, default=10000, metavar="N",
                    help="generated digits to score at the end (default 10000; 0: no scoring)")

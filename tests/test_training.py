@@ -322,8 +322,8 @@ def test_sample_indices_name_the_samples_images_in_full_mnist():
 
 
 def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
-    status = cli.main(["gan", "--train-size", "128", "--epochs", "2", "--width", "8", "--latent", "16",
-                       "--score-samples", "300", "--epoch-score-samples", "200", "--keep-epochs",
+    status = cli.main(["gan", "--train-size", "128", "--epochs", "2", "--width", "8", "--latent", "16", "--ema",
+                       "0.999", "--score-samples", "300", "--epoch-score-samples", "200", "--keep-epochs",
                        "--no-progress", "--out", str(tmp_path)])
     assert status == 0
     printed = capsys.readouterr().out
@@ -335,7 +335,7 @@ def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
     assert len(history["d_loss"]) == len(history["g_loss"]) == 4 and len(history["epoch_seconds"]) == 2
     assert len(history["inception_score"]) == 2 and all(1.0 <= s <= 10.0 for s in history["inception_score"])
     assert len(history["last_step_inception_score"]) == 2
-    # generator.npz is the weight average (--ema 0.999 by default), not the last step's weights
+    # generator.npz is the weight average (--ema 0.999), not the last step's weights
     averaged, last = np.load(tmp_path / "generator.npz"), np.load(tmp_path / "generator-last-step.npz")
     assert not np.array_equal(averaged["0.weight"], last["0.weight"])
     assert [len(shares) for shares in history["digit_shares"]] == [10, 10]
@@ -345,9 +345,9 @@ def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
     assert 9.5 < scores["real_inception_score"] <= 10.0     # the 1,000 real test digits of the sample
 
 
-def test_cli_gan_without_averaging_saves_the_last_steps_weights(tmp_path, capsys):
+def test_cli_gan_by_default_saves_the_last_steps_weights(tmp_path, capsys):
     status = cli.main(["gan", "--train-size", "64", "--epochs", "1", "--width", "4", "--latent", "8",
-                       "--ema", "0", "--score-samples", "0", "--epoch-score-samples", "0", "--no-progress",
+                       "--score-samples", "0", "--epoch-score-samples", "0", "--no-progress",
                        "--out", str(tmp_path)])
     assert status == 0 and "weight average" not in capsys.readouterr().out
     assert "generator-last-step.npz" not in os.listdir(tmp_path)
