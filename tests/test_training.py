@@ -322,8 +322,9 @@ def test_sample_indices_name_the_samples_images_in_full_mnist():
 
 
 def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
-    status = cli.main(["gan", "--train-size", "128", "--epochs", "2", "--width", "8", "--latent", "16", "--ema",
-                       "0.999", "--score-samples", "300", "--epoch-score-samples", "200", "--keep-epochs",
+    status = cli.main(["gan", "--train-size", "128", "--epochs", "2", "--width", "8", "--latent", "16",
+                       "--ema", "0.999", "--score-samples", "300", "--epoch-score-samples", "200",
+                       "--keep-epochs",
                        "--no-progress", "--out", str(tmp_path)])
     assert status == 0
     printed = capsys.readouterr().out
