@@ -1,5 +1,6 @@
-"""Shared test helpers: hypothesis strategies for layer configurations, and well-separated
-random inputs (so finite differences never straddle a kink of ReLU or a max)."""
+"""Shared test helpers: hypothesis strategies for layer configurations, well-separated random
+inputs (so finite differences never straddle a kink of ReLU or a max), and a comparison of
+results up to rounding that holds whichever kernels OpenBLAS picks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ settings.register_profile(
 settings.load_profile("course")
 
 TOL = 1e-7  # float64 gradient checks; a right gradient gives ~1e-9 or better
+
+
+def close(a, b, dtype, what=""):
+    """Equal up to rounding, measured against the array's magnitude (as relative_error does):
+    sums that cancel round differently when OpenBLAS picks other kernels (SkylakeX, Haswell,
+    Zen) or another blocking for another batch size, so an element-by-element rtol, or an
+    exact comparison, would fail on some CPUs for right results."""
+    from cnn_lib.gradcheck import relative_error
+
+    tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+    err = relative_error(a, b)
+    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
 
 
 def separated(rng: np.random.Generator, shape, spacing=0.01) -> np.ndarray:

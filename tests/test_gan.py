@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import close
 from matplotlib.figure import Figure
 
 from cnn_lib import gan, models
@@ -40,7 +41,8 @@ def test_sample_is_deterministic_and_keeps_the_mode():
     a = gan.sample(gen, 7, seed=3, batch_size=3)   # three batches; evaluation mode: no batch statistics
     assert a.shape == (7, 1, 28, 28) and a.dtype == np.float32 and np.all(np.abs(a) <= 1)
     assert gen.training                                  # restored
-    np.testing.assert_array_equal(a, gan.sample(gen, 7, seed=3))
+    close(a, gan.sample(gen, 7, seed=3), np.float32, "batches of 3 vs one batch")   # BLAS blocks differ
+    np.testing.assert_array_equal(a, gan.sample(gen, 7, seed=3, batch_size=3))      # and runs repeat
     assert not np.array_equal(a, gan.sample(gen, 7, seed=4))
 
 

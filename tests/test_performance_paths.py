@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import separated
+from helpers import close, separated
 
 from cnn_lib import (
     SGD,
@@ -38,7 +38,6 @@ from cnn_lib import (
     SoftmaxCrossEntropy,
     fusion,
 )
-from cnn_lib.gradcheck import relative_error
 from cnn_lib.kernels import fast
 from cnn_lib.kernels.fast import conv as FC
 from cnn_lib.kernels.fast import threads as T
@@ -136,15 +135,6 @@ def test_a_network_without_parameters_has_nothing_to_do():
 
 
 # ----------------------------------------------------------------------------- conv blocks fused
-
-
-def close(a, b, dtype, what=""):
-    """Equal up to rounding, measured against the array's magnitude (as relative_error does):
-    sums that cancel round differently when OpenBLAS picks other kernels (SkylakeX, Haswell,
-    Zen), so an element-by-element rtol would fail on some CPUs for right results."""
-    tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
-    err = relative_error(a, b)
-    assert err <= tol, f"{what}: relative error {err:.2e} > {tol:.0e}"
 
 
 def count_blocks(monkeypatch):
