@@ -174,13 +174,15 @@ def train_step(gen, disc, opt_g, opt_d, real, z, loss_fn=None,
 
 
 class WeightAverage:
-    """An exponential moving average of a generator's weights, kept in a second generator of
-    the same shape (Polyak averaging; for GAN generators: Yazıcı et al., *The Unusual
-    Effectiveness of Averaging in GAN Training*, ICLR 2019).
+    """An exponential moving average of the weights of ``gen`` (made by :func:`generator`), kept
+    in a second generator of the same shape (Polyak averaging; for GAN generators: Yazıcı et
+    al., *The Unusual Effectiveness of Averaging in GAN Training*, ICLR 2019).
 
     A GAN's generator never settles: every step answers the discriminator of that moment, so
-    the weights circle around a good solution. Their average sits nearer its middle and draws
-    cleaner digits; it is never trained itself. After ``update()`` number ``t``::
+    the weights may circle around a good solution, and their average sit nearer its middle. (On
+    this course's full-MNIST run it scored the same as the last step's weights after every
+    epoch: ``benchmarks/RUNS.md``.) The average is never trained itself. After ``update()``
+    number ``t``::
 
         averaged = d * averaged + (1 - d) * weights,    d = min(decay, (1 + t) / (10 + t))
 
