@@ -117,9 +117,9 @@ def test_the_shipped_generator_draws_every_digit(classifier):
     gen = gan.pretrained()
     assert not gen.training
     scores = gan.score(gen, 2000, seed=11, classifier=classifier)
-    # the full 10,000-digit figures are in data/README.md; 2,000 fresh ones land close
-    assert scores["inception_score"] > 7.5, scores
-    assert min(scores["digit_shares"]) > 0.03, scores
+    # data/README.md: 7.72 on 10,000 digits, every digit >= 6.9%; 2,000 fresh ones land close
+    assert scores["inception_score"] > 7.3, scores
+    assert min(scores["digit_shares"]) > 0.05, scores
 
 
 def test_latent_explorer_draws_the_walk(classifier):
