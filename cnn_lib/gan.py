@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .layers import (
+    BatchNorm1d,
     BatchNorm2d,
     Conv2d,
     ConvTranspose2d,
@@ -40,6 +41,9 @@ __all__ = ["PRETRAINED", "WeightAverage", "discriminator", "generator", "latent_
 
 #: The generator trained by ``python -m cnn_lib gan`` (the command is in ``data/README.md``).
 PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "dcgan_generator_mnist.npz"
+
+#: The generator's first transposed convolution, weight (2*width, width, 4, 4): where its width is read.
+_WIDTH_KEY = "4.weight"
 
 
 def generator(latent: int = 64, width: int = 64, rng=None, dtype=np.float32) -> Sequential:
@@ -96,7 +100,7 @@ def pretrained() -> Sequential:
                                 "(reinstall the course, or retrain with the command in data/README.md)")
     with np.load(PRETRAINED, allow_pickle=False) as saved:
         latent = saved["0.weight"].shape[1]      # Linear weight (2*width*7*7, latent)
-        width = saved["4.weight"].shape[1]       # ConvTranspose2d weight (2*width, width, 4, 4)
+        width = saved[_WIDTH_KEY].shape[1]
     gen = generator(latent, width, rng=0)
     gen.load(PRETRAINED)
     return gen.eval()
@@ -217,7 +221,7 @@ class WeightAverage:
 
 
 def _width(gen) -> int:
-    return int(gen.layers[4].params["weight"].shape[1])     # ConvTranspose2d weight (2*width, width, 4, 4)
+    return int(gen.params[_WIDTH_KEY].shape[1])
 
 
 def refresh_batch_norm(gen, seed=0, n: int = 10_000, batch_size: int = 500) -> None:
@@ -225,7 +229,7 @@ def refresh_batch_norm(gen, seed=0, n: int = 10_000, batch_size: int = 500) -> N
     vectors (drawn with ``seed``) through it in training mode, in batches, and set each
     ``running_mean``/``running_var`` to the plain average of the batches' statistics (a
     momentum of 1/k for batch k). The weights are not touched; the mode is restored."""
-    norms = [layer for layer in gen.layers if isinstance(layer, BatchNorm2d)]
+    norms = [layer for layer in gen.layers if isinstance(layer, (BatchNorm1d, BatchNorm2d))]
     momenta = [layer.momentum for layer in norms]
     was_training = gen.training
     z = as_generator(seed).standard_normal((n, latent_size(gen))).astype(gen.layers[0].params["weight"].dtype)
