@@ -8,9 +8,9 @@ Quick start::
 
 Where the data comes from:
 
-* ``source="sample"`` (the default) reads ``data/mnist_sample.npz`` from the repository:
+* ``source="sample"`` (the default) reads ``cnn_lib/assets/mnist_sample.npz`` (package data):
   5,000 real MNIST training images, 500 per digit, split 400/100 per digit into a fixed
-  train/test split (see ``data/README.md``). No network, no download.
+  train/test split (see ``cnn_lib/assets/README.md``). No network, no download.
 * ``source="full"`` reads the four standard IDX files (``train-images-idx3-ubyte.gz``,
   ``train-labels-idx1-ubyte.gz``, ``t10k-images-idx3-ubyte.gz``,
   ``t10k-labels-idx1-ubyte.gz``; gzipped or not) from ``path=``, else from the folder in
@@ -68,8 +68,12 @@ __all__ = [
     "read_idx_pair",
 ]
 
-SAMPLE_PATH = Path(__file__).resolve().parent.parent / "data" / "mnist_sample.npz"
-"""The shipped sample: ``<repository>/data/mnist_sample.npz``."""
+ASSETS = Path(__file__).resolve().parent / "assets"
+"""The files that ship inside the package (``cnn_lib/assets/``): the MNIST sample, the trained
+weights of lessons 10 and 11, and their ``README.md`` (provenance and SHA-256 checksums)."""
+
+SAMPLE_PATH = ASSETS / "mnist_sample.npz"
+"""The shipped sample: ``cnn_lib/assets/mnist_sample.npz``."""
 
 #: Mean and standard deviation of the 60,000 MNIST training pixels, scaled to [0, 1].
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -467,10 +471,9 @@ _normalize = normalize  # load_mnist's `normalize=` argument shadows the functio
 def _load_sample() -> dict[str, np.ndarray]:
     if not SAMPLE_PATH.is_file():
         raise FileNotFoundError(
-            f"the shipped MNIST sample is missing: expected {SAMPLE_PATH}. It lives in the "
-            "repository's data/ folder, so install cnn_lib from a clone with "
-            "`pip install -e .` (a non-editable install leaves data/ behind), or use "
-            "load_mnist('full') after `python -m cnn_lib.data download mnist`."
+            f"the shipped MNIST sample is missing: expected {SAMPLE_PATH}. It is package data "
+            "of cnn_lib: reinstall the course (`pip install .` or `pip install -e .` from its "
+            "folder), or use load_mnist('full') after `python -m cnn_lib.data download mnist`."
         )
     with np.load(SAMPLE_PATH, allow_pickle=False) as archive:
         arrays = {key: archive[key] for key in archive.files}
@@ -493,7 +496,7 @@ def _load_sample() -> dict[str, np.ndarray]:
 def sample_indices() -> np.ndarray:
     """The positions, in full MNIST's **training** set, of the 5,000 images of the shipped
     sample (its train and test images alike: they all come from MNIST's training set; see
-    ``data/README.md``). Leave them out of a full-MNIST training run, and the sample stays a
+    ``cnn_lib/assets/README.md``). Leave them out of a full-MNIST training run, and the sample stays a
     fair test of the trained network (``python -m cnn_lib train --holdout-sample``)."""
     with np.load(SAMPLE_PATH, allow_pickle=False) as data:
         return np.sort(np.concatenate([data["train_indices"], data["test_indices"]]).astype(np.int64))
@@ -537,9 +540,9 @@ def load_mnist(source: str = "sample", *, path=None, dataset: str = "mnist", sub
     """Load MNIST (or Fashion-MNIST) train and test sets as ``(N, 1, 28, 28)`` arrays.
 
     Args:
-        source: ``"sample"`` (default): the 5,000-image sample shipped in ``data/`` (4,000
+        source: ``"sample"`` (default): the 5,000-image sample shipped in ``cnn_lib/assets/`` (4,000
             train + 1,000 test, 400/100 per digit; both splits come from MNIST's *training*
-            set, see ``data/README.md``). ``"full"``: the four IDX files, 60,000 train +
+            set, see ``cnn_lib/assets/README.md``). ``"full"``: the four IDX files, 60,000 train +
             10,000 test, found by :func:`find_dataset_dir`.
         path: folder holding the four IDX files (``source="full"`` only).
         dataset: ``"mnist"`` or ``"fashion-mnist"`` (``source="full"`` only).

