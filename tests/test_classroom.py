@@ -120,6 +120,18 @@ def test_the_student_version_holds_no_solution_no_hidden_test_and_no_output(path
     assert all("BEGIN HIDDEN TESTS" in c.source for c in instructor.cells if _info(c).get("grade"))
 
 
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem[:2] for p in LESSONS])
+def test_the_instructor_version_scores_full_marks(path):
+    """By nbgrader's own rule, on the committed outputs; nbval (every notebook re-run, outputs
+    compared) keeps those outputs what a fresh run gives, hidden tests included."""
+    from nbgrader.utils import determine_grade
+
+    checks = [c for c in nbformat.read(str(path), as_version=4).cells if _info(c).get("grade")]
+    scores = {_info(c)["grade_id"]: determine_grade(c) for c in checks}
+    assert checks and all(c.get("execution_count") for c in checks)
+    assert all(points == most == 1 for points, most in scores.values()), scores
+
+
 def test_release_command_writes_the_lessons_asked_for(tmp_path):
     result = subprocess.run([sys.executable, "-m", "cnn_lib.classroom", "release", "00", "05_pooling",
                              "--out", str(tmp_path / "rel")], capture_output=True, text=True)

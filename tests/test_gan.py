@@ -109,6 +109,18 @@ def test_label_smoothing_changes_only_the_real_halfs_target():
     fake_half = BCEWithLogits().forward(d0.forward(g0.forward(z)), np.zeros((6, 1)))
     assert d_smooth == pytest.approx(BCEWithLogits().forward(logits, np.full((6, 1), 0.9)) + fake_half)
     assert d_plain == pytest.approx(BCEWithLogits().forward(logits, np.ones((6, 1))) + fake_half)
+    # the generator's half keeps the target 1: the targets of the step's three losses, in order
+    class Recording(BCEWithLogits):
+        targets = []
+
+        def forward(self, logits, target):
+            self.targets.append(np.array(target))
+            return super().forward(logits, target)
+
+    recording = Recording()
+    opt_g, opt_d = Adam(g.parameters()), Adam(d.parameters())
+    gan.train_step(g, d, opt_g, opt_d, real, z, loss_fn=recording, real_label=0.9)
+    assert [np.unique(t).tolist() for t in recording.targets] == [[0.9], [0.0], [1.0]]
     with pytest.raises(ValueError, match="real_label"):
         gan.train_step(g, d, None, None, real, z, real_label=0.0)
 
