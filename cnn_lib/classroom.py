@@ -51,6 +51,11 @@ __all__ = ["course", "grade", "lessons", "links", "main", "release", "student_ve
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
+#: What replaces a solution in a student version (nbgrader's stub, with where to look for help).
+CODE_STUB = ("# YOUR CODE HERE (the text above says what to compute; the check cell below tests it)\n"
+             "raise NotImplementedError()")
+
+
 class ClassroomError(Exception):
     """A problem with what the teacher asked for (folders, lesson names): exit status 2."""
 
@@ -106,7 +111,8 @@ def student_version(nb):
     preprocessors, _ = _nbgrader()
     nb = copy.deepcopy(nb)
     resources = {}
-    steps = [preprocessors.LockCells(), preprocessors.ClearSolutions(), preprocessors.ClearOutput(),
+    steps = [preprocessors.LockCells(), preprocessors.ClearSolutions(code_stub={"python": CODE_STUB}),
+             preprocessors.ClearOutput(),
              preprocessors.CheckCellMetadata(), preprocessors.ComputeChecksums(),
              preprocessors.ClearHiddenTests(), preprocessors.ClearMarkScheme(),
              preprocessors.ComputeChecksums(), preprocessors.CheckCellMetadata()]
@@ -313,6 +319,8 @@ c.CourseDirectory.course_id = "{course_id}"
 c.CourseDirectory.root = "."
 # A lesson's training cells take up to a minute on a slow laptop: give every cell five.
 c.Execute.timeout = 300
+# The stub that replaces a solution, as `python -m cnn_lib.classroom release` writes it.
+c.ClearSolutions.code_stub = {{"python": {stub!r}}}
 '''
 
 
@@ -326,7 +334,7 @@ def course(root, source=None, names=(), course_id: str = "cnn-course") -> Path:
     (root / "source").mkdir(parents=True, exist_ok=True)
     config = root / "nbgrader_config.py"
     if not config.exists():
-        config.write_text(_CONFIG.format(course_id=course_id))
+        config.write_text(_CONFIG.format(course_id=course_id, stub=CODE_STUB))
     for path in paths:
         folder = root / "source" / path.stem
         folder.mkdir(exist_ok=True)

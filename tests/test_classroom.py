@@ -316,6 +316,7 @@ def test_nbgrader_generate_assignment_releases_lesson_00_from_the_course_folder(
         assert "widgets" not in released.metadata
         text = "\n".join(c.source for c in released.cells)
         assert "HIDDEN TESTS" not in text and "BEGIN SOLUTION" not in text
+        assert classroom.CODE_STUB in text  # the course's stub, from its nbgrader_config.py
 
 
 def test_links_open_each_lesson_through_nbgitpuller():
