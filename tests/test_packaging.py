@@ -57,7 +57,8 @@ def test_ruff_lint_is_clean():
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if not Path(ruff).exists():
         pytest.skip("ruff is not installed (pip install -e '.[test]' installs it)")
-    paths = [p for p in ("cnn_lib", "tests", "notebooks", "benchmarks", "scripts", "hub") if (ROOT / p).exists()]
+    folders = ("cnn_lib", "tests", "notebooks", "benchmarks", "scripts", "hub")
+    paths = [p for p in folders if (ROOT / p).exists()]
     result = subprocess.run([ruff, "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
