@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import os
 import sys
 import tempfile
 import time
@@ -96,7 +95,8 @@ def lessons(source=None, names=()) -> list[Path]:
     picked = []
     for name in names:
         stem = Path(name).name.removesuffix(".ipynb")
-        match = [p for p in found if p.stem == stem or p.stem.split("_", 1)[0] == stem]
+        match = [p for p in found if p.stem == stem or p.stem.split("_", 1)[0] == stem
+                 or (stem.isdigit() and p.stem.split("_", 1)[0] == stem.zfill(2))]
         if not match:
             raise ClassroomError(f"no lesson {name!r} with exercises; expected one of: "
                                  + ", ".join(p.stem for p in found))
@@ -153,35 +153,47 @@ def release(out, source=None, names=()) -> list[Path]:
 def _merge(instructor, submitted):
     """The notebook that is graded, and notes on what the student changed outside their answers.
 
-    Cells are matched by their nbformat ``id``s, which a release keeps: the instructor's cells in
-    the instructor's order, each solution cell with the student's source (the blank stub if they
-    deleted it), and the cells the student added after the lesson cell they followed."""
+    The instructor's cells, in the instructor's order, with the student's answers and the cells
+    the student added. An answer is found by its nbgrader ``grade_id`` (a solution cell copied and
+    pasted keeps it; if a solution occurs twice, the copy that is not the blank stub counts); other
+    cells by their nbformat ``id``, which a release keeps. An added cell runs after the lesson cell
+    it followed. A deleted solution cell is left out (the student may have answered in a cell of
+    their own); an edited or deleted check cell runs as the course wrote it, and is reported."""
     released = {c.get("id"): c for c in student_version(instructor).cells}
+    by_gid = {c.metadata.nbgrader["grade_id"]: c.get("id") for c in released.values() if _is_nbgrader(c)}
     submitted_ids = {c.get("id") for c in submitted.cells}
-    solutions, added, notes, previous = {}, {}, [], None
+    answers, added, notes, previous = {}, {}, [], None
     for cell in submitted.cells:
-        cid = cell.get("id")
-        original = released.get(cid)
-        if original is None:  # a cell the student added
-            added.setdefault(previous, []).append(copy.deepcopy(cell))
+        info = cell.get("metadata", {}).get("nbgrader", {})
+        home = by_gid.get(info.get("grade_id"))
+        if home is not None and released[home].metadata.nbgrader.get("solution"):
+            stub = released[home].source
+            if home not in answers or answers[home] == stub:
+                answers[home] = cell.source
+            previous = home
             continue
-        previous = cid
-        info = original.metadata.get("nbgrader", {})
-        if info.get("solution"):
-            solutions[cid] = cell.source
-        elif info.get("grade") and cell.source != original.source:
-            notes.append(f"tampered: check cell {info['grade_id']} was edited "
-                         "(graded as the course wrote it)")
-    for cid, original in released.items():
-        info = original.metadata.get("nbgrader", {})
-        if info.get("grade") and cid not in submitted_ids:
-            notes.append(f"tampered: check cell {info['grade_id']} was deleted "
-                         "(graded as the course wrote it)")
+        if home is not None or info.get("locked"):  # a check cell, or a copy of one
+            original = released.get(home)
+            if cell.get("id") == home and cell.source != original.source:
+                notes.append(f"tampered: check cell {info['grade_id']} was edited "
+                             "(graded as the course wrote it)")
+            previous = home if cell.get("id") == home else previous
+            continue
+        if cell.get("id") in released:
+            previous = cell.get("id")
+            continue
+        added.setdefault(previous, []).append(copy.deepcopy(cell))  # a cell of the student's own
+    for gid, cid in by_gid.items():
+        if released[cid].metadata.nbgrader.get("grade") and cid not in submitted_ids:
+            notes.append(f"tampered: check cell {gid} was deleted (graded as the course wrote it)")
     graded = copy.deepcopy(instructor)
     cells = list(added.get(None, []))
     for cell in graded.cells:
         if cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
-            cell.source = solutions.get(cell["id"], released[cell["id"]].source)
+            if cell["id"] not in answers:
+                cells += added.get(cell["id"], [])
+                continue
+            cell.source = answers[cell["id"]]
         cells.append(cell)
         cells += added.get(cell.get("id"), [])
     for cell in cells:
@@ -192,7 +204,7 @@ def _merge(instructor, submitted):
     return graded, notes
 
 
-def _kernel_manager(workdir):
+def _kernel_manager():
     """A kernel of *this* Python (the one with cnn_lib), whatever "python3" means elsewhere."""
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import AsyncKernelManager
@@ -200,13 +212,15 @@ def _kernel_manager(workdir):
     class ThisPython(KernelSpecManager):
         def get_kernel_spec(self, kernel_name):
             spec = super().get_kernel_spec("python3")
-            spec.argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+            # the kernel's own warnings (about TCP without encryption on localhost; about its parent
+            # having exited) would only clutter the teacher's terminal
+            spec.argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                         "--IPKernelApp.log_level=ERROR"]
             return spec
 
-    manager = AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
-    if os.name == "posix":  # local sockets: no open TCP ports, and no warning about them on stderr
-        manager.transport, manager.ip = "ipc", os.path.join(workdir, "kernel")
-    return manager
+    # TCP on 127.0.0.1, the default: with IPC sockets the first notebook of a batch stalled for the
+    # whole time limit in one of its widget cells (seen with nbclient 0.11, ipykernel 7.4)
+    return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=ThisPython())
 
 
 #: What a cell that ran over the time limit ends with: nbclient's own error when the kernel does not
@@ -215,7 +229,8 @@ _TIMED_OUT = ("CellTimeoutError", "KeyboardInterrupt")
 
 
 def _grade_one(instructor, submitted, timeout):
-    """Run one submission; return ([(grade_id, points, max_points, result)], notes, trouble)."""
+    """Run one submission; return ([(grade_id, points, max_points, result)], notes, trouble, the
+    executed notebook)."""
     preprocessors, utils = _nbgrader()
     graded, notes = _merge(instructor, submitted)
     trouble = bool(notes)
@@ -224,7 +239,7 @@ def _grade_one(instructor, submitted, timeout):
                                         raise_on_iopub_timeout=False)
         try:
             graded, _ = execute.preprocess(graded, {"metadata": {"path": workdir}},
-                                           km=_kernel_manager(workdir))
+                                           km=_kernel_manager())
         except Exception as error:  # the kernel died or would not start: what ran keeps its outputs
             first_line = (str(error).splitlines() or [""])[0][:200]
             notes.append(f"kernel stopped: {type(error).__name__}"
@@ -252,26 +267,44 @@ def _grade_one(instructor, submitted, timeout):
     if any(o.get("ename") in _TIMED_OUT for c in graded.cells if c.cell_type == "code" for o in c.outputs):
         notes.append(f"a cell ran longer than the {timeout} s limit and was interrupted")
         trouble = True
-    return rows, notes, trouble
+    return rows, notes, trouble, graded
 
 
-def grade(submissions, out, source=None, timeout: int = 300) -> int:
-    """Grade ``submissions/<student>/<lesson>.ipynb`` into the CSV ``out``; return the exit status."""
+def _submitted_notebooks(student: Path):
+    """A student's notebooks: ``<student>/<lesson>.ipynb``, or nbgrader's layout
+    ``<student>/<lesson>/<lesson>.ipynb`` (any depth), without Jupyter's checkpoint copies."""
+    return sorted(p for p in student.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def grade(submissions, out, source=None, timeout: int = 300, executed=None) -> int:
+    """Grade ``submissions/<student>/<lesson>.ipynb`` (or ``.../<student>/<lesson>/<lesson>.ipynb``)
+    into the CSV ``out``; with ``executed``, also write each graded notebook, outputs and all, to
+    ``executed/<student>/<lesson>.ipynb`` (the feedback a student can read). Returns the exit status."""
+    import nbformat
+
     submissions = Path(submissions)
     if not submissions.is_dir():
         raise ClassroomError(f"no folder {submissions}: expected one folder per student, each holding "
                              "their notebooks (e.g. submitted/ada/05_pooling.ipynb)")
     by_name = {p.name: p for p in lessons(source)}
-    students = sorted(p for p in submissions.iterdir() if p.is_dir())
+    students = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith("."))
+    table, looks, status = [], [], 0
+    for stray in sorted(submissions.glob("*.ipynb")):
+        looks.append(f"{stray.name}: a notebook outside any student folder (expected "
+                     f"{submissions}/<student>/{stray.name}); skipped")
     if not students:
         raise ClassroomError(f"{submissions} has no student folders "
                              f"(expected {submissions}/<student>/<lesson>.ipynb)")
-    table, looks, status = [], [], 0
     for student in students:
-        for path in sorted(student.glob("*.ipynb")):
+        found = _submitted_notebooks(student)
+        if not found:
+            looks.append(f"{student.name}/: no notebook in it; {student.name} gets no row")
+        for path in found:
+            where = path.relative_to(submissions)
             if path.name not in by_name:
-                looks.append(f"{student.name}/{path.name}: not a lesson with exercises (expected one of "
+                looks.append(f"{where}: not a lesson with exercises (expected one of "
                              f"{', '.join(sorted(by_name))}); skipped")
+                print(f"{student.name} {path.name}: skipped (not a lesson's file name)", flush=True)
                 continue
             lesson = path.stem
             start = time.perf_counter()
@@ -281,17 +314,21 @@ def grade(submissions, out, source=None, timeout: int = 300) -> int:
                 instructor = _read(by_name[path.name])
                 table += [(student.name, lesson, gid, 0.0, pts, "unreadable notebook", str(error)[:200])
                           for gid, pts in _exercises(instructor)]
-                looks.append(f"{student.name}/{path.name}: could not be read "
-                             f"({type(error).__name__}); scored 0")
+                looks.append(f"{where}: could not be read ({type(error).__name__}); scored 0")
+                print(f"{student.name} {lesson}: 0 (unreadable notebook)", flush=True)
                 continue
-            rows, notes, trouble = _grade_one(_read(by_name[path.name]), submitted, timeout)
+            rows, notes, trouble, graded = _grade_one(_read(by_name[path.name]), submitted, timeout)
             detail = "; ".join(notes)
             table += [(student.name, lesson, gid, pts, mx, result, detail) for gid, pts, mx, result in rows]
             total, most = sum(r[1] for r in rows), sum(r[2] for r in rows)
             print(f"{student.name} {lesson}: {total:g}/{most:g} ({time.perf_counter() - start:.1f} s)"
                   + (f"  [{detail}]" if detail else ""), flush=True)
             if trouble:
-                looks.append(f"{student.name}/{path.name}: {detail}")
+                looks.append(f"{where}: {detail}")
+            if executed is not None:
+                target = Path(executed) / student.name / path.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                nbformat.write(graded, str(target))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
@@ -299,12 +336,12 @@ def grade(submissions, out, source=None, timeout: int = 300) -> int:
         writer.writerow(["student", "lesson", "question", "points", "max_points", "result", "detail"])
         writer.writerows((s, l, q, f"{p:g}", f"{m:g}", r, d) for s, l, q, p, m, r, d in table)
     print(f"{len(table)} rows written to {out}")
-    if not table:
-        print("nothing was graded", file=sys.stderr)
-        return 2
     if looks:
         print("needs a teacher's look:\n  " + "\n  ".join(looks), file=sys.stderr)
         status = 1
+    if not table:
+        print("nothing was graded", file=sys.stderr)
+        return 2
     return status
 
 
@@ -316,7 +353,6 @@ _CONFIG = '''\
 # nbgrader's configuration for this course (made by `python -m cnn_lib.classroom course`).
 c = get_config()  # noqa: F821 (nbgrader provides it)
 c.CourseDirectory.course_id = "{course_id}"
-c.CourseDirectory.root = "."
 # A lesson's training cells take up to a minute on a slow laptop: give every cell five.
 c.Execute.timeout = 300
 # The stub that replaces a solution, as `python -m cnn_lib.classroom release` writes it.
@@ -378,6 +414,8 @@ def main(argv=None) -> int:
     g.add_argument("submissions", help="a folder with one folder per student, holding their notebooks")
     g.add_argument("--out", default="grades.csv", help="the CSV table to write (default: grades.csv)")
     g.add_argument("--timeout", type=int, default=300, help="seconds a cell may run (default 300)")
+    g.add_argument("--executed", metavar="DIR",
+                   help="also keep each graded notebook, with its outputs, in DIR/<student>/ (feedback)")
     c = sub.add_parser("course", help="make an nbgrader course folder (nbgrader_config.py, source/)")
     c.add_argument("root", help="the course folder to create or update")
     c.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all with exercises)")
@@ -398,7 +436,7 @@ def main(argv=None) -> int:
         elif args.command == "grade":
             if args.timeout <= 0:
                 raise ClassroomError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-            return grade(args.submissions, args.out, args.source, args.timeout)
+            return grade(args.submissions, args.out, args.source, args.timeout, args.executed)
         elif args.command == "links":
             made = links(args.hub, args.repo, args.branch, args.folder, args.source, args.lessons)
             for lesson, link in made:

@@ -203,6 +203,21 @@ def _endless(cells, nb, solved):
     nb.cells = [c for c in nb.cells if _info(c).get("grade_id") != "05-ex3-check"]
 
 
+def _moved(cells, nb, solved):
+    """Exercise 3 answered in a cell of the student's own, its solution cell deleted."""
+    _solve("05-ex1-solution")(cells, nb, solved)
+    at = nb.cells.index(cells["05-ex3-solution"])
+    nb.cells[at] = nbformat.v4.new_code_cell(solved["05-ex3-solution"])
+
+
+def _pasted(cells, nb, solved):
+    """Exercise 1 answered in a pasted copy of its solution cell (same nbgrader metadata, a new
+    id), put above the untouched stub."""
+    copy_of = nbformat.v4.new_code_cell(solved["05-ex1-solution"])
+    copy_of.metadata = json.loads(json.dumps(cells["05-ex1-solution"].metadata))
+    nb.cells.insert(nb.cells.index(cells["05-ex1-solution"]), copy_of)
+
+
 SUBMISSIONS = {
     "blank": lambda cells, nb, solved: None,
     "full": _solve("05-ex1-solution", "05-ex2-solution", "05-ex3-solution"),
@@ -212,10 +227,14 @@ SUBMISSIONS = {
     "tampered": _tampered,
     "crashing": _crash,
     "endless": _endless,
+    "moved": _moved,
+    "pasted": _pasted,
+    "nested": _solve("05-ex1-solution", "05-ex2-solution", "05-ex3-solution"),  # nbgrader's layout
 }
 EXPECTED = {  # student -> (points of ex1, ex2, ex3)
     "blank": (0, 0, 0), "full": (1, 1, 1), "half": (1, 0, 0), "library": (0, 1, 1), "stderr": (1, 1, 1),
-    "tampered": (1, 0, 0), "crashing": (1, 0, 0), "endless": (0, 1, 1),
+    "tampered": (1, 0, 0), "crashing": (1, 0, 0), "endless": (0, 1, 1), "moved": (1, 0, 1),
+    "pasted": (1, 0, 0), "nested": (1, 1, 1),
 }
 
 
@@ -223,12 +242,18 @@ EXPECTED = {  # student -> (points of ex1, ex2, ex3)
 def graded(tmp_path_factory):
     root = tmp_path_factory.mktemp("class")
     for student, edit in SUBMISSIONS.items():
-        (root / "submitted" / student).mkdir(parents=True)
-        nbformat.write(_submission(edit), str(root / "submitted" / student / LESSON.name))
+        folder = root / "submitted" / student / (LESSON.stem if student == "nested" else "")
+        folder.mkdir(parents=True)
+        nbformat.write(_submission(edit), str(folder / LESSON.name))
     (root / "submitted" / "full" / "notes.ipynb").write_text(json.dumps(nbformat.v4.new_notebook()))
+    (root / "submitted" / "empty").mkdir()
+    # and one notebook outside any student folder
+    nbformat.write(_submission(SUBMISSIONS["full"]), str(root / "submitted" / LESSON.name))
     result = subprocess.run([sys.executable, "-m", "cnn_lib.classroom", "grade", str(root / "submitted"),
-                             "--out", str(root / "grades.csv"), "--timeout", "20"],
+                             "--out", str(root / "grades.csv"), "--timeout", "20",
+                             "--executed", str(root / "executed")],
                             capture_output=True, text=True, timeout=600)
+    result.root = root
     with open(root / "grades.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return result, rows
@@ -256,11 +281,16 @@ def test_the_batch_reports_what_needs_a_look_and_exits_1(graded):
     result, _ = graded
     assert result.returncode == 1, result.stderr
     look = result.stderr.split("needs a teacher's look:")[1]
-    for who in ("tampered/", "crashing/", "endless/", "full/notes.ipynb"):
+    for who in ("tampered/", "crashing/", "endless/", "full/notes.ipynb", "empty/: no notebook",
+                "05_pooling.ipynb: a notebook outside any student folder"):
         assert who in look
-    for fine in ("blank/", "half/", "library/", "stderr/"):
+    for fine in ("blank/", "half/", "library/", "stderr/", "moved/", "pasted/", "nested/"):
         assert fine not in look
     assert re.search(r"^full 05_pooling: 3/3", result.stdout, flags=re.M)
+    assert "WARNING" not in result.stderr  # no kernel chatter on the teacher's terminal
+    feedback = nbformat.read(str(result.root / "executed" / "library" / LESSON.name), as_version=4)
+    assert any("ForbiddenCall" in o.get("ename", "") for c in feedback.cells if c.cell_type == "code"
+               for o in c.outputs)
 
 
 def test_grading_an_empty_or_missing_folder_is_a_clear_error(tmp_path):
@@ -333,5 +363,6 @@ def test_links_open_each_lesson_through_nbgitpuller():
     course = dict(classroom.links("https://hub.school.example", "https://github.com/org/cnn-course"))
     assert parse_qs(urlsplit(course["11_gan_from_scratch"]).query)["urlpath"] == [
         "lab/tree/cnn-course/notebooks/11_gan_from_scratch.ipynb"]
+    assert [p.stem for p in classroom.lessons(names=["5", "06"])] == ["05_pooling", "06_convolution_backward"]
     with pytest.raises(classroom.ClassroomError, match="web addresses"):
         classroom.links("hub.school.example", "https://github.com/org/cnn-course")
