@@ -199,8 +199,9 @@ def plot_pool_routing(x, kernel=2, stride=None, mode="max", dy=None, window=(0, 
           f"y = {op} of each window\nkernel {kh}x{kw}, stride {sh}x{sw}", big)
     for (a, b), g in np.ndenumerate(dy):
         dark = _is_dark("Greys", vmin, vmax, y[a, b])
-        ax_y.text(b, a + 0.33, f"dy={_fmt(g)}", ha="center", va="center", fontsize=7,
-                  color="#b6f5a8" if dark else "#1a7f1a")
+        # white and bold on a dark cell, dark green on a light one: readable on every grey
+        ax_y.text(b, a + 0.33, f"dy={_fmt(g)}", ha="center", va="center", fontsize=8,
+                  color="white" if dark else "#11601a", fontweight="bold")
     ax_y.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=_SELECTED, linewidth=2.5))
 
     limit = max(np.abs(dx).max(), 1e-12)

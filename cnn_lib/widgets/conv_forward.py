@@ -124,7 +124,8 @@ class ConvWindowExplorer:
         from IPython.display import display
 
         ho, wo = self.output_shape()
-        style = {"description_width": "initial"}
+        # one description width for all four: their tracks start at the same place, one above the other
+        style = {"description_width": "100px"}
         self.controls = {
             "row": widgets.IntSlider(value=self.row, min=0, max=ho - 1, description="output row",
                                      style=style, continuous_update=False),

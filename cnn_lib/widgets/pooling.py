@@ -96,10 +96,12 @@ class PoolingRoutingExplorer:
             "kernel": W.IntSlider(value=2, min=1, max=min(self.max_kernel, *self.x.shape),
                                   description="kernel"),
             "stride": W.IntSlider(value=2, min=1, max=self.max_stride, description="stride"),
-            "mode": W.ToggleButtons(options=["max", "avg"], value="max", description="pooling"),
+            # button_width "auto": each button as wide as its text ("every max (tutorial)" was cut)
+            "mode": W.ToggleButtons(options=["max", "avg"], value="max", description="pooling",
+                                    style={"button_width": "auto"}),
             "tie_rule": W.ToggleButtons(
                 options=[("first max (cnn_lib)", "first"), ("every max (tutorial)", "all")],
-                value="first", description="ties"),
+                value="first", description="ties", style={"button_width": "auto"}),
             "row": W.IntSlider(value=0, min=0, max=2, description="output row"),
             "col": W.IntSlider(value=0, min=0, max=2, description="output col"),
             "only_selected": W.Checkbox(value=False, description="dy only at this output"),
