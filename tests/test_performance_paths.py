@@ -680,3 +680,19 @@ def test_float32_training_never_makes_float64(monkeypatch, threads):
     assert set(seen) == {np.dtype(np.float32)}
     assert {g.dtype for g in model.grads.values()} == {np.dtype(np.float32)}
     assert {p.dtype for p in model.params.values()} == {np.dtype(np.float32)}
+
+
+@pytest.mark.parametrize("width, rows", [(10, 5000), (10, 2048), (10, 100), (33, 5000), (289, 5000)],
+                         ids=["narrow-blocked", "narrow-one-block", "narrow-short", "just-wide", "wide"])
+def test_the_weight_gradient_is_the_same_product_in_blocks_or_at_once(width, rows):
+    """fast.conv.weight_gradient takes a narrow cols (a first layer on grey images) in row blocks:
+    the same sum as dy.T @ cols, on both sides of each branch's limits."""
+    rng = np.random.default_rng(width + rows)
+    dy = rng.standard_normal((rows, 32))
+    cols = rng.standard_normal((width, rows)).T  # the transposed view cols_matrix makes for few channels
+    got = FC.weight_gradient(dy, cols)
+    assert got.shape == (32, width)
+    np.testing.assert_allclose(got, dy.T @ cols, rtol=1e-12, atol=1e-10)
+    got32 = FC.weight_gradient(dy.astype(np.float32), cols.astype(np.float32))
+    assert got32.dtype == np.float32
+    close(got32, dy.T @ cols, np.float32, "float32, in blocks or not")
