@@ -682,8 +682,9 @@ def test_float32_training_never_makes_float64(monkeypatch, threads):
     assert {p.dtype for p in model.params.values()} == {np.dtype(np.float32)}
 
 
-@pytest.mark.parametrize("width, rows", [(10, 5000), (10, 2048), (10, 100), (33, 5000), (289, 5000)],
-                         ids=["narrow-blocked", "narrow-one-block", "narrow-short", "just-wide", "wide"])
+@pytest.mark.parametrize("width, rows", [(10, 9000), (10, FC.NARROW_MIN_ROWS), (10, FC.NARROW_MIN_ROWS - 1),
+                                         (33, 9000), (289, 9000)],
+                         ids=["narrow-blocked", "narrow-just-long", "narrow-short", "just-wide", "wide"])
 def test_the_weight_gradient_is_the_same_product_in_blocks_or_at_once(width, rows):
     """fast.conv.weight_gradient takes a narrow cols (a first layer on grey images) in row blocks:
     the same sum as dy.T @ cols, on both sides of each branch's limits."""

@@ -146,6 +146,9 @@ def add_tap_products(g_mat, wtaps, out, stride):
 #: Rows of ``cols`` per product when :func:`weight_gradient` sums over a narrow ``cols``.
 NARROW_BLOCK_ROWS = 2048
 
+#: ... and only when it has at least this many rows (measured on Zen 4: see weight_gradient).
+NARROW_MIN_ROWS = 2 * NARROW_BLOCK_ROWS
+
 #: ``cols`` at most this many columns wide counts as narrow (a first layer on grey images:
 #: kH*kW + 1 columns).
 NARROW_COLUMNS = 32
@@ -159,9 +162,11 @@ def weight_gradient(dy_mat: np.ndarray, cols: np.ndarray) -> np.ndarray:
     GFLOP/s; the same sum taken over blocks of NARROW_BLOCK_ROWS rows, each block's two pieces
     small enough to stay in the CPU's cache, takes a third of the time (Zen 4, SkylakeX kernels:
     0.53 -> 0.18 ms at batch 32, 3.6 -> 0.79 ms at batch 128, conv 1 -> 32 channels on 28x28;
-    benchmarks/RUNS.md). A wide ``cols`` gains nothing from blocks and is multiplied at once.
+    benchmarks/RUNS.md). A wide ``cols`` gains nothing from blocks, and a short one (fewer than
+    NARROW_MIN_ROWS rows: the DCGAN discriminator's first layer, 3,136 rows a slice, 0.81 ms at
+    once against 0.91 in blocks) loses; both are multiplied at once.
     """
-    if cols.shape[1] > NARROW_COLUMNS or len(cols) <= NARROW_BLOCK_ROWS:
+    if cols.shape[1] > NARROW_COLUMNS or len(cols) < NARROW_MIN_ROWS:
         return dy_mat.T @ cols
     total = np.zeros((dy_mat.shape[1], cols.shape[1]), dtype=np.result_type(dy_mat, cols))
     for first in range(0, len(cols), NARROW_BLOCK_ROWS):
