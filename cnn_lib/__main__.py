@@ -156,6 +156,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--latent", type=_positive_int, default=64, help="noise numbers per image (default 64)")
     g.add_argument("--width", type=_positive_int, default=64,
                    help="channels of the 14x14 layers (the 7x7 ones have twice as many; default 64)")
+    g.add_argument("--disc-width", type=_positive_int, metavar="W",
+                   help="the discriminator's width, when it should differ from the generator's "
+                        "(default: --width)")
     g.add_argument("--real-label", type=_positive_float, default=1.0, metavar="T",
                    help="the discriminator's target for real images (default 1; 0.9: one-sided label "
                         "smoothing; the generator's target stays 1)")
@@ -337,7 +340,8 @@ def gan_command(args) -> int:
     real = gan.to_tanh_range(data.x_train)
     rng = np.random.default_rng(args.seed)
     gen = gan.generator(args.latent, args.width, rng=rng)
-    disc = gan.discriminator(args.width, rng=rng)
+    disc_width = args.disc_width or args.width
+    disc = gan.discriminator(disc_width, rng=rng)
     opt_g = Adam(gen.parameters(), lr=args.lr, betas=(0.5, 0.999))
     opt_d = Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
     average = gan.WeightAverage(gen, args.ema) if args.ema else None
@@ -345,7 +349,9 @@ def gan_command(args) -> int:
     fixed_z = np.random.default_rng(12345).standard_normal((64, args.latent)).astype(np.float32)
     steps = -(-len(real) // args.batch_size)
     print(f"DCGAN on {args.data} MNIST: {len(real):,} images, batch {args.batch_size}, Adam lr {args.lr}, "
-          f"latent {args.latent}, width {args.width}, {args.epochs} epoch(s) of {steps} steps"
+          f"latent {args.latent}, width {args.width}"
+          + (f" (discriminator {disc_width})" if disc_width != args.width else "")
+          + f", {args.epochs} epoch(s) of {steps} steps"
           + (f", weight average {args.ema}" if average else "")
           + (f", real label {args.real_label}" if args.real_label != 1.0 else ""))
     history = {"d_loss": [], "g_loss": [], "epoch_seconds": [], "inception_score": [], "digit_shares": []}
