@@ -152,7 +152,11 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=_positive_int, default=1, help="passes over the training set (default 1)")
     g.add_argument("--batch-size", type=_positive_int, default=64, help="real images per step (default 64)")
     g.add_argument("--lr", type=_positive_float, default=2e-4,
-                   help="Adam learning rate of both networks (default 2e-4)")
+                   help="Adam learning rate of the generator, and of the discriminator unless "
+                        "--lr-d is given (default 2e-4)")
+    g.add_argument("--lr-d", type=_positive_float, metavar="LR",
+                   help="the discriminator's Adam learning rate, when it should differ from the "
+                        "generator's (two time-scale updates, Heusel et al. 2017; default: --lr)")
     g.add_argument("--latent", type=_positive_int, default=64, help="noise numbers per image (default 64)")
     g.add_argument("--width", type=_positive_int, default=64,
                    help="channels of the 14x14 layers (the 7x7 ones have twice as many; default 64)")
@@ -343,12 +347,15 @@ def gan_command(args) -> int:
     disc_width = args.disc_width or args.width
     disc = gan.discriminator(disc_width, rng=rng)
     opt_g = Adam(gen.parameters(), lr=args.lr, betas=(0.5, 0.999))
-    opt_d = Adam(disc.parameters(), lr=args.lr, betas=(0.5, 0.999))
+    lr_d = args.lr_d or args.lr
+    opt_d = Adam(disc.parameters(), lr=lr_d, betas=(0.5, 0.999))
     average = gan.WeightAverage(gen, args.ema) if args.ema else None
     os.makedirs(args.out, exist_ok=True)
     fixed_z = np.random.default_rng(12345).standard_normal((64, args.latent)).astype(np.float32)
     steps = -(-len(real) // args.batch_size)
-    print(f"DCGAN on {args.data} MNIST: {len(real):,} images, batch {args.batch_size}, Adam lr {args.lr}, "
+    print(f"DCGAN on {args.data} MNIST: {len(real):,} images, batch {args.batch_size}, Adam lr {args.lr}"
+          + (f" (discriminator {lr_d})" if lr_d != args.lr else "")
+          + f", "
           f"latent {args.latent}, width {args.width}"
           + (f" (discriminator {disc_width})" if disc_width != args.width else "")
           + f", {args.epochs} epoch(s) of {steps} steps"
