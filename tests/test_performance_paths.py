@@ -27,6 +27,8 @@ from helpers import close, separated
 from cnn_lib import (
     SGD,
     AvgPool2d,
+    BatchNorm1d,
+    BatchNorm2d,
     Conv2d,
     ConvTranspose2d,
     Flatten,
@@ -323,6 +325,7 @@ def fast_and_reference(layer, x):
     lambda: Conv2d(3, 5, 3, rng=2, dtype=F64),
     lambda: ConvTranspose2d(3, 2, 4, stride=2, padding=1, rng=3, dtype=F64),
     lambda: ConvTranspose2d(3, 6, 3, stride=2, padding=1, output_padding=1, rng=4, dtype=F64),
+    lambda: ConvTranspose2d(3, 1, 4, stride=2, padding=1, rng=5, dtype=F64),  # one channel out
     lambda: MaxPool2d(2),
     lambda: MaxPool2d(3, stride=2),  # overlapping windows
     lambda: MaxPool2d(2, stride=3),  # rows and columns no window reaches
@@ -331,7 +334,8 @@ def fast_and_reference(layer, x):
     lambda: ReLU(),
     lambda: LeakyReLU(0.2),
     lambda: LeakyReLU(1.5),  # a slope outside [0, 1]: the vectorized tier's kernel
-], ids=["conv pad", "conv stride", "conv", "conv transpose", "conv transpose 6 out", "maxpool",
+], ids=["conv pad", "conv stride", "conv", "conv transpose", "conv transpose 6 out",
+        "conv transpose 1 out", "maxpool",
         "maxpool overlap", "maxpool gaps", "avgpool", "avgpool overlap", "relu", "leaky relu",
         "leaky relu slope 1.5"])
 def test_sliced_and_threaded_kernels_agree_with_the_loops(sliced, make):
@@ -393,6 +397,38 @@ def test_cols_with_ones_are_cols_and_a_column_of_ones(channels):
     np.testing.assert_array_equal(with_ones[:, :-1], plain)
     np.testing.assert_array_equal(with_ones[:, -1], 1)
     np.testing.assert_array_equal(plain.reshape(2, 2, 6, 3, 2, channels), FC.im2col(xp, (3, 2), (2, 1)))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("layout", ["channels-last", "NCHW", "2-D"])
+def test_batch_norm_on_slices_agrees_with_the_loops(sliced, training, layout):
+    """The fast tier's batch norm reads a channels-last batch as a (pixels, channels) matrix and
+    sums its statistics slice by slice (other layouts go to the vectorized tier): the reference
+    tier's numbers either way, and dx keeps the input's layout. The values sit far from 0
+    (mean 50, spread 0.1), where a one-pass E[x^2] - E[x]^2 would lose every digit."""
+    rng = np.random.default_rng(3)
+    shape = (7, 4) if layout == "2-D" else (5, 4, 3, 6)
+    x = 50 + 0.1 * rng.standard_normal(shape)
+    if layout == "channels-last":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    dy = rng.standard_normal(shape)
+    out = {}
+    for impl in ("fast", "reference"):
+        bn = (BatchNorm1d if layout == "2-D" else BatchNorm2d)(4, dtype=F64)
+        bn.params["weight"][...] = [0.5, -2.0, 1.0, 3.0]
+        bn.params["bias"][...] = [0.1, 0.2, -0.3, 0.0]
+        bn.buffers["running_mean"][...] = 50.0
+        bn.buffers["running_var"][...] = [0.01, 0.02, 1.0, 4.0]
+        bn.impl = impl
+        bn.train(training)
+        y = bn.forward(x)
+        dx = bn.backward(dy)
+        out[impl] = (y, dx, bn.grads["weight"], bn.grads["bias"], bn.buffers["running_mean"],
+                     bn.buffers["running_var"])
+        if impl == "fast":
+            assert y.strides == x.strides and dx.strides == x.strides
+    for got, want in zip(out["fast"], out["reference"]):
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
 
 
 def test_maxpool_ties_follow_the_rule_in_every_slice(sliced):

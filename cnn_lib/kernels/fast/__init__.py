@@ -14,17 +14,14 @@ by module (lesson 09 walks through it):
   :mod:`cnn_lib.fusion` runs.
 * :mod:`.pool`: pooling on the kH*kW strided sub-grids of the input.
 * :mod:`.dense`: dense layers, ReLU and leaky ReLU on the threads.
-
-Batch normalisation is the vectorized tier's: a few passes over memory that threads did not
-speed up (``benchmarks/`` measures the DCGAN step that uses it).
+* :mod:`.norm`: batch normalisation on a channels-last batch seen as a (pixels, channels)
+  matrix, its statistics summed slice by slice on the threads.
 
 Nothing here makes a float64 array out of float32 inputs. These modules are free to change
 for speed: no lesson prints them, and the tests hold them to the other two tiers.
 """
 
 from ..vectorized import (
-    batchnorm_backward,
-    batchnorm_forward,
     sigmoid_backward,
     sigmoid_forward,
     softmax_cross_entropy,
@@ -47,6 +44,7 @@ from .dense import (
     relu_backward,
     relu_forward,
 )
+from .norm import batchnorm_backward, batchnorm_forward
 from .pool import avgpool2d_backward, avgpool2d_forward, maxpool2d_backward, maxpool2d_forward
 from .threads import get_num_threads, set_num_threads, single_threaded_blas
 

@@ -342,6 +342,8 @@ def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), out
 
     Every kernel tap adds its product onto the padded output (:func:`add_tap_products`);
     the ``output_padding`` extra rows and columns at the bottom and right get no tap at all.
+    The batch goes through in slices, on cnn_lib's threads (:func:`.threads.for_each_slice`),
+    each slice into its own part of the output.
     """
     n, c_in, h, w = x.shape
     _, c_out, kh, kw = weight.shape
@@ -350,11 +352,17 @@ def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), out
     x_mat = nhwc(x).reshape(n * h * w, c_in)
     # weight seen as a conv kernel from C_out to C_in channels: (C_in, C_out, kH, kW)
     wtaps = weight.transpose(2, 3, 1, 0)  # (kH, kW, C_out, C_in)
-    yp = np.zeros((n, ho + 2 * ph, wo + 2 * pw, c_out), dtype=x.dtype)
-    add_tap_products(x_mat, wtaps, yp, stride)
-    y = yp[:, ph : ph + ho, pw : pw + wo, :]
-    if bias is not None:
-        y += bias
+    y = np.empty((n, ho, wo, c_out), dtype=x.dtype)
+
+    def work(part):
+        yp = np.zeros((part.stop - part.start, ho + 2 * ph, wo + 2 * pw, c_out), dtype=x.dtype)
+        add_tap_products(x_mat[part.start * h * w : part.stop * h * w], wtaps, yp, stride)
+        y[part] = yp[:, ph : ph + ho, pw : pw + wo, :]
+        if bias is not None:
+            y[part] += bias
+
+    # bytes per image: its input, its padded output and one tap's product
+    for_each_slice(work, n, (h * w * (c_in + c_out) + (ho + 2 * ph) * (wo + 2 * pw) * c_out) * x.itemsize)
     cache = (x_mat, x.shape, weight, bias is not None, stride, padding)
     return nchw(y), cache
 
@@ -362,17 +370,29 @@ def conv_transpose2d_forward(x, weight, bias, stride=(1, 1), padding=(0, 0), out
 def conv_transpose2d_backward(dy, cache, need_input_grad=True):
     """dy: (N, C_out, H_out, W_out) -> dx (N, C_in, H, W), dweight (C_in, C_out, kH, kW), dbias.
 
-    With ``need_input_grad=False`` dx is None and not computed.
+    With ``need_input_grad=False`` dx is None and not computed. Slice by slice of the batch, on
+    cnn_lib's threads: each slice's share of dweight is summed afterwards in a fixed order.
     """
     x_mat, x_shape, weight, has_bias, stride, padding = cache
     n, c_in, h, w = x_shape
     _, c_out, kh, kw = weight.shape
     ph, pw = padding
-    # The adjoint of "add taps then crop" is "pad then im2col": a plain convolution of dy.
-    cols = im2col(padded_nhwc(dy, ph, pw), (kh, kw), stride).reshape(n * h * w, kh * kw * c_out)
-    dweight = (cols.T @ x_mat).reshape(kh, kw, c_out, c_in).transpose(3, 2, 0, 1)
+    dyh = nhwc(dy)
+    wmat = weight_matrix(weight)  # (kH*kW*C_out, C_in)
+    dxh = np.empty((n, h, w, c_in), dtype=dy.dtype) if need_input_grad else None
+    partial = {}  # slice start -> that slice's share of dweight, as a (kH*kW*C_out, C_in) matrix
+
+    def work(part):
+        # The adjoint of "add taps then crop" is "pad then im2col": a plain convolution of dy.
+        cols = cols_matrix(padded_nhwc(dyh[part].transpose(0, 3, 1, 2), ph, pw), (kh, kw), stride)
+        x_part = x_mat[part.start * h * w : part.stop * h * w]
+        partial[part.start] = cols.T @ x_part
+        if need_input_grad:
+            np.matmul(cols, wmat, out=dxh[part].reshape(-1, c_in))
+
+    # bytes per image: its cols, its dy, its input and its dx
+    for_each_slice(work, n, (h * w * (kh * kw * c_out + 2 * c_in) + dyh[0].size) * dy.itemsize)
+    dwmat = sum(partial[start] for start in sorted(partial))  # a fixed order: same sums every run
+    dweight = dwmat.reshape(kh, kw, c_out, c_in).transpose(3, 2, 0, 1)
     dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
-    dx = None
-    if need_input_grad:
-        dx = nchw((cols @ weight_matrix(weight)).reshape(n, h, w, c_in))
-    return dx, np.ascontiguousarray(dweight), dbias
+    return (None if dxh is None else nchw(dxh)), np.ascontiguousarray(dweight), dbias
