@@ -400,21 +400,30 @@ def test_cols_with_ones_are_cols_and_a_column_of_ones(channels):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("layout", ["channels-last", "NCHW", "2-D"])
-def test_batch_norm_on_slices_agrees_with_the_loops(sliced, training, layout):
-    """The fast tier's batch norm reads a channels-last batch as a (pixels, channels) matrix and
-    sums its statistics slice by slice (other layouts go to the vectorized tier): the reference
-    tier's numbers either way, and dx keeps the input's layout. The values sit far from 0
-    (mean 50, spread 0.1), where a one-pass E[x^2] - E[x]^2 would lose every digit."""
+@pytest.mark.parametrize("layout", ["channels-last", "NCHW", "2-D", "(N, C, L)", "strided"])
+@pytest.mark.parametrize("dy_layout", ["same", "other"])
+def test_batch_norm_on_slices_agrees_with_the_loops(sliced, monkeypatch, training, layout, dy_layout):
+    """The fast tier's batch norm reads a channels-last batch as a (pixels, channels) matrix, a
+    contiguous channels-first one as (N, C, pixels), and sums its statistics slice by slice
+    (other layouts go to the vectorized tier): the reference tier's numbers every way, whatever
+    dy's layout, and y and dx keep the input's layout. The values sit far from 0 (mean 50,
+    spread 0.1), where a one-pass E[x^2] - E[x]^2 would lose every digit."""
+    monkeypatch.setattr(T, "CHUNK_BYTES", 300)  # slices of several pixels (rows) or one image
     rng = np.random.default_rng(3)
-    shape = (7, 4) if layout == "2-D" else (5, 4, 3, 6)
+    shape = {"2-D": (7, 4), "(N, C, L)": (5, 4, 9)}.get(layout, (5, 4, 3, 6))
     x = 50 + 0.1 * rng.standard_normal(shape)
+    dy = rng.standard_normal(shape)
     if layout == "channels-last":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
-    dy = rng.standard_normal(shape)
+    if layout == "strided":  # every other column of a wider batch: no view of it has rows
+        x = np.concatenate([x, x], axis=3)[..., ::2]
+    if dy_layout == "other":  # dy channels-last where x is not, and the other way round
+        dy = (np.asfortranarray(dy) if dy.ndim != 4 else
+              np.ascontiguousarray(dy) if layout == "channels-last" else
+              np.ascontiguousarray(dy.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
     out = {}
     for impl in ("fast", "reference"):
-        bn = (BatchNorm1d if layout == "2-D" else BatchNorm2d)(4, dtype=F64)
+        bn = (BatchNorm2d if x.ndim == 4 else BatchNorm1d)(4, dtype=F64)
         bn.params["weight"][...] = [0.5, -2.0, 1.0, 3.0]
         bn.params["bias"][...] = [0.1, 0.2, -0.3, 0.0]
         bn.buffers["running_mean"][...] = 50.0
@@ -425,7 +434,7 @@ def test_batch_norm_on_slices_agrees_with_the_loops(sliced, training, layout):
         dx = bn.backward(dy)
         out[impl] = (y, dx, bn.grads["weight"], bn.grads["bias"], bn.buffers["running_mean"],
                      bn.buffers["running_var"])
-        if impl == "fast":
+        if impl == "fast" and layout != "strided":
             assert y.strides == x.strides and dx.strides == x.strides
     for got, want in zip(out["fast"], out["reference"]):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())

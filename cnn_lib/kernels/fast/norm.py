@@ -13,8 +13,9 @@ for each slice's share of the statistics, once to apply them.
 * **Backward**: each slice's share of ``dbeta = sum dy`` and ``dgamma = sum dy * x_hat``, then
   ``dx = gamma/sqrt(var + eps) * (dy - (dbeta + x_hat * dgamma) / M)`` slice by slice.
 
-Inputs that are not channels-last in memory (and the (N, C, L) inputs of BatchNorm1d) go to the
-vectorized tier, whose numbers these are up to float rounding.
+A contiguous channels-first batch (N, C, H, W) or (N, C, L) (an ``Unflatten`` after a ``Linear``
+makes one) goes through as (N, C, H*W) in slices of N, its statistics summed over axes 0 and 2.
+Other layouts go to the vectorized tier, whose numbers these are up to float rounding.
 """
 
 from __future__ import annotations
@@ -27,47 +28,54 @@ from .threads import for_each_slice
 
 
 def _as_rows(x):
-    """``x`` as an (M, C) matrix of its channels, a view, or None when that would need a copy."""
-    if x.ndim == 2:
-        rows = x
-    elif x.ndim == 4:
-        rows = nhwc(x)
-        if not rows.flags.c_contiguous:
-            return None
-        rows = rows.reshape(-1, x.shape[1])
-    else:
-        return None
-    return rows if rows.flags.c_contiguous else None
+    """``x`` as a batch of rows to slice, a view, and the axes its statistics sum over:
+
+    * (M, C), axes (0,): a channels-last image batch (N, H, W, C) in memory, or (N, C) itself;
+    * (N, C, L), axes (0, 2): a channels-first batch (N, C, H, W) or (N, C, L), contiguous
+      (an ``Unflatten`` after a ``Linear`` makes one).
+
+    None when neither view exists without a copy.
+    """
+    if x.ndim == 4 and nhwc(x).flags.c_contiguous:
+        return nhwc(x).reshape(-1, x.shape[1]), (0,)
+    if x.ndim == 2 and x.flags.c_contiguous:
+        return x, (0,)
+    if x.ndim in (3, 4) and x.flags.c_contiguous:
+        return x.reshape(x.shape[0], x.shape[1], -1), (0, 2)
+    return None, None
 
 
 def _shaped_like(rows, x):
-    """An (M, C) result back in the shape (and the channels-last layout) of ``x``."""
-    if x.ndim == 2:
-        return rows
-    n, c, h, w = x.shape
-    return nchw(rows.reshape(n, h, w, c))
+    """A result of :func:`_as_rows`'s shape back in the shape (and the layout) of ``x``."""
+    if x.ndim == 4 and rows.ndim == 2:
+        n, c, h, w = x.shape
+        return nchw(rows.reshape(n, h, w, c))
+    return rows.reshape(x.shape)
 
 
 def batchnorm_forward(x, gamma, beta, eps, mean=None, var=None):
     """x (N, C) or (N, C, H, W), gamma, beta (C,) -> y (x's shape and layout), mean (C,), var (C,),
     cache (x_hat, gamma, 1/sqrt(var + eps), training): :func:`cnn_lib.kernels.vectorized.batchnorm_forward`
     on a channels-last batch (the batch's statistics when ``mean`` and ``var`` are None)."""
-    rows = _as_rows(x)
+    rows, axes = _as_rows(x)
     if rows is None:
         return vectorized.batchnorm_forward(x, gamma, beta, eps, mean, var)
-    m, c = rows.shape
+    c = x.shape[1]
+    m = x.size // c  # values per channel
+    shape = (c,) if rows.ndim == 2 else (c, 1)  # a per-channel array, broadcast against rows
+    per_row = rows[0].size * x.itemsize
     training = mean is None
-    per_row = c * x.itemsize
     if training:
-        shares = {}  # slice start -> (rows, its mean, its sum of squared deviations from it)
+        shares = {}  # slice start -> (its values per channel, its mean, its sum of squared deviations)
 
         def statistics(part):
             block = rows[part]
-            block_mean = block.mean(axis=0)
-            deviations = block - block_mean
-            shares[part.start] = (len(block), block_mean, np.einsum("ij,ij->j", deviations, deviations))
+            block_mean = block.mean(axis=axes)
+            deviations = block - block_mean.reshape(shape)
+            deviations *= deviations
+            shares[part.start] = (block.size // c, block_mean, deviations.sum(axis=axes))
 
-        for_each_slice(statistics, m, 2 * per_row)
+        for_each_slice(statistics, len(rows), 2 * per_row)
         parts = [shares[start] for start in sorted(shares)]  # a fixed order: same sums every run
         means = np.array([share[1] for share in parts], dtype=np.float64)
         counts = np.array([share[0] for share in parts], dtype=np.float64)[:, None]
@@ -77,14 +85,15 @@ def batchnorm_forward(x, gamma, beta, eps, mean=None, var=None):
     inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype, copy=False)
     x_hat = np.empty_like(rows)
     y = np.empty_like(rows)
+    mean_b, inv_std_b, gamma_b, beta_b = (a.reshape(shape) for a in (mean, inv_std, gamma, beta))
 
     def normalise(part):
-        np.subtract(rows[part], mean, out=x_hat[part])
-        x_hat[part] *= inv_std
-        np.multiply(x_hat[part], gamma, out=y[part])
-        y[part] += beta
+        np.subtract(rows[part], mean_b, out=x_hat[part])
+        x_hat[part] *= inv_std_b
+        np.multiply(x_hat[part], gamma_b, out=y[part])
+        y[part] += beta_b
 
-    for_each_slice(normalise, m, 3 * per_row)
+    for_each_slice(normalise, len(rows), 3 * per_row)
     return _shaped_like(y, x), mean, var, (_shaped_like(x_hat, x), gamma, inv_std, training)
 
 
@@ -92,29 +101,31 @@ def batchnorm_backward(dy, cache):
     """dy -> dx (dy's shape, channels-last), dgamma (C,), dbeta (C,):
     :func:`cnn_lib.kernels.vectorized.batchnorm_backward` on a channels-last batch."""
     x_hat, gamma, inv_std, training = cache
-    hat_rows = _as_rows(x_hat)
+    hat_rows, axes = _as_rows(x_hat)
     if hat_rows is None:
         return vectorized.batchnorm_backward(dy, cache)
     c = dy.shape[1]
-    dy_rows = _as_rows(dy)
-    if dy_rows is None:  # not channels-last: one copy that makes it so
-        dy_rows = np.ascontiguousarray(nhwc(dy) if dy.ndim == 4 else dy).reshape(-1, c)
-    m = len(dy_rows)
-    per_row = c * dy.itemsize
+    dy_rows, dy_axes = _as_rows(dy)
+    if dy_axes != axes:  # dy in another layout than x_hat: one copy into x_hat's
+        dy_rows = np.empty_like(hat_rows)
+        _shaped_like(dy_rows, x_hat)[...] = dy
+    m = dy.size // c  # values per channel
+    shape = (c,) if hat_rows.ndim == 2 else (c, 1)
+    per_row = hat_rows[0].size * dy.itemsize
     shares = {}  # slice start -> (its share of dbeta, its share of dgamma)
 
     def sums(part):
         g = dy_rows[part]
-        shares[part.start] = (g.sum(axis=0), np.einsum("ij,ij->j", g, hat_rows[part]))
+        shares[part.start] = (g.sum(axis=axes), (g * hat_rows[part]).sum(axis=axes))
 
-    for_each_slice(sums, m, 2 * per_row)
+    for_each_slice(sums, len(hat_rows), 2 * per_row)
     parts = [shares[start] for start in sorted(shares)]
     dbeta = sum(share[0] for share in parts)
     dgamma = sum(share[1] for share in parts)
-    scale = gamma * inv_std
-    dx = np.empty_like(dy_rows)
+    scale = (gamma * inv_std).reshape(shape)
+    dx = np.empty_like(hat_rows)
     if training:
-        shift, slope = dbeta / m, dgamma / m
+        shift, slope = (dbeta / m).reshape(shape), (dgamma / m).reshape(shape)
 
         def gradient(part):
             out = dx[part]
@@ -126,5 +137,5 @@ def batchnorm_backward(dy, cache):
         def gradient(part):
             np.multiply(dy_rows[part], scale, out=dx[part])
 
-    for_each_slice(gradient, m, 3 * per_row)
-    return _shaped_like(dx, dy), dgamma, dbeta
+    for_each_slice(gradient, len(hat_rows), 3 * per_row)
+    return _shaped_like(dx, x_hat), dgamma, dbeta
