@@ -160,6 +160,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--latent", type=_positive_int, default=64, help="noise numbers per image (default 64)")
     g.add_argument("--width", type=_positive_int, default=64,
                    help="channels of the 14x14 layers (the 7x7 ones have twice as many; default 64)")
+    g.add_argument("--refine", type=int, default=0, metavar="K",
+                   help="K more transposed convolutions (k3 s1, with batch norm and ReLU) in the generator at "
+                        "14x14, before its last layer: a deeper generator (default 0)")
     g.add_argument("--disc-width", type=_positive_int, metavar="W",
                    help="the discriminator's width, when it should differ from the generator's "
                         "(default: --width)")
@@ -343,7 +346,9 @@ def gan_command(args) -> int:
     data = _load(args, args.train_size)
     real = gan.to_tanh_range(data.x_train)
     rng = np.random.default_rng(args.seed)
-    gen = gan.generator(args.latent, args.width, rng=rng)
+    if args.refine < 0:
+        raise CliError(f"--refine is a number of layers, 0 or more, got {args.refine}")
+    gen = gan.generator(args.latent, args.width, rng=rng, refine=args.refine)
     disc_width = args.disc_width or args.width
     disc = gan.discriminator(disc_width, rng=rng)
     opt_g = Adam(gen.parameters(), lr=args.lr, betas=(0.5, 0.999))
@@ -358,6 +363,7 @@ def gan_command(args) -> int:
           + f", "
           f"latent {args.latent}, width {args.width}"
           + (f" (discriminator {disc_width})" if disc_width != args.width else "")
+          + (f", {args.refine} refining layer(s)" if args.refine else "")
           + f", {args.epochs} epoch(s) of {steps} steps"
           + (f", weight average {args.ema}" if average else "")
           + (f", real label {args.real_label}" if args.real_label != 1.0 else ""))

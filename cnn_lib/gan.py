@@ -36,7 +36,7 @@ from .losses import BCEWithLogits
 from .model import Sequential
 
 __all__ = ["PRETRAINED", "WeightAverage", "discriminator", "generator", "latent_size", "pretrained",
-           "refresh_batch_norm", "sample", "score", "to_pixels", "to_tanh_range", "train_step"]
+           "refresh_batch_norm", "sample", "score", "shape_of", "to_pixels", "to_tanh_range", "train_step"]
 
 #: The generator trained by ``python -m cnn_lib gan`` (the command is in ``cnn_lib/assets/README.md``).
 PRETRAINED = ASSETS / "dcgan_generator_mnist.npz"
@@ -45,16 +45,25 @@ PRETRAINED = ASSETS / "dcgan_generator_mnist.npz"
 _WIDTH_KEY = "4.weight"
 
 
-def generator(latent: int = 64, width: int = 64, rng=None, dtype=np.float32) -> Sequential:
+def generator(latent: int = 64, width: int = 64, rng=None, dtype=np.float32, refine: int = 0) -> Sequential:
     """The generator: ``latent`` noise numbers per image -> a (1, 28, 28) image in [-1, 1].
-    ``width``: channels of the 14x14 layer (the 7x7 one has twice as many)."""
+    ``width``: channels of the 14x14 layer (the 7x7 one has twice as many). ``refine``: that many
+    more transposed convolutions (``width`` -> ``width``, k3 s1 p1, each with its batch norm and
+    ReLU) at 14x14 before the last one, a deeper generator of the same output."""
     rng = as_generator(rng)
+    refine = int(refine)
+    if refine < 0:
+        raise ValueError(f"generator: refine must be 0 or more, got {refine!r}")
     w2 = 2 * width
+    extra = []
+    for _ in range(refine):
+        extra += [ConvTranspose2d(width, width, 3, stride=1, padding=1, bias=False, rng=rng, dtype=dtype,
+                                  init="normal"), BatchNorm2d(width, dtype=dtype), ReLU()]
     return Sequential(
         Linear(latent, w2 * 7 * 7, bias=False, rng=rng, dtype=dtype, init="normal"), Unflatten((w2, 7, 7)),
         BatchNorm2d(w2, dtype=dtype), ReLU(),
         ConvTranspose2d(w2, width, 4, stride=2, padding=1, bias=False, rng=rng, dtype=dtype, init="normal"),
-        BatchNorm2d(width, dtype=dtype), ReLU(),
+        BatchNorm2d(width, dtype=dtype), ReLU(), *extra,
         ConvTranspose2d(width, 1, 4, stride=2, padding=1, rng=rng, dtype=dtype, init="normal"), Tanh(),
     )
 
@@ -99,11 +108,19 @@ def pretrained() -> Sequential:
                                 "(reinstall the course, or retrain with the command in "
                                 "cnn_lib/assets/README.md)")
     with np.load(PRETRAINED, allow_pickle=False) as saved:
-        latent = saved["0.weight"].shape[1]      # Linear weight (2*width*7*7, latent)
-        width = saved[_WIDTH_KEY].shape[1]
-    gen = generator(latent, width, rng=0)
+        latent, width, refine = shape_of(saved)
+    gen = generator(latent, width, rng=0, refine=refine)
     gen.load(PRETRAINED)
     return gen.eval()
+
+
+def shape_of(state) -> tuple[int, int, int]:
+    """``(latent, width, refine)`` of the generator whose saved arrays (``state_dict()`` or an open
+    ``.npz``) are ``state``: what :func:`generator` must be called with to load them."""
+    latent = int(state["0.weight"].shape[1])      # Linear weight (2*width*7*7, latent)
+    width = int(state[_WIDTH_KEY].shape[1])
+    convolutions = sum(1 for key in state if key.endswith(".weight") and state[key].ndim == 4)
+    return latent, width, convolutions - 2
 
 
 def sample(gen, n: int = 64, seed=0, *, batch_size: int = 500) -> np.ndarray:
@@ -201,7 +218,8 @@ class WeightAverage:
             raise ValueError(f"WeightAverage: decay must be between 0 and 1, got {decay!r}")
         self.decay, self.steps = decay, 0
         first = gen.layers[0].params["weight"]
-        self.averaged = generator(latent_size(gen), _width(gen), rng=0, dtype=first.dtype)
+        latent, width, refine = shape_of(gen.state_dict())
+        self.averaged = generator(latent, width, rng=0, dtype=first.dtype, refine=refine)
         self.averaged.load_state_dict(gen.state_dict())
         self._pairs = [(a.value, p.value) for a, p in zip(self.averaged.parameters(), gen.parameters())]
 
@@ -218,10 +236,6 @@ class WeightAverage:
         for the averaged weights (:func:`refresh_batch_norm` on ``n`` noise vectors drawn with ``seed``)."""
         refresh_batch_norm(self.averaged, seed=seed, n=n, batch_size=batch_size)
         return self.averaged.eval()
-
-
-def _width(gen) -> int:
-    return int(gen.params[_WIDTH_KEY].shape[1])
 
 
 def refresh_batch_norm(gen, seed=0, n: int = 10_000, batch_size: int = 500) -> None:

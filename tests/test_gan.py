@@ -73,6 +73,25 @@ def test_weight_average_follows_its_formula_and_copies_nothing():
         gan.WeightAverage(gen, decay=1.0)
 
 
+@pytest.mark.parametrize("refine", [0, 1, 2])
+def test_a_deeper_generator_keeps_its_output_and_is_read_back_from_its_weights(tmp_path, refine):
+    """``refine`` adds stride-1 transposed convolutions (with batch norm and ReLU) at 14x14: the same
+    (1, 28, 28) images, and shape_of finds (latent, width, refine) again in the saved weights, for
+    loading them (gan.pretrained) and for a weight average of the same shape."""
+    gen = gan.generator(latent=5, width=3, rng=0, refine=refine)
+    assert len(gen.layers) == 9 + 3 * refine
+    assert [layer.name for layer in gen.layers[7:7 + 3 * refine]] == ["ConvTranspose2d", "BatchNorm2d", "ReLU"] * refine
+    assert gen.forward(np.zeros((2, 5), np.float32)).shape == (2, 1, 28, 28)
+    gen.save(tmp_path / "g.npz")
+    with np.load(tmp_path / "g.npz") as saved:
+        assert gan.shape_of(saved) == (5, 3, refine)
+    assert gan.shape_of(gen.state_dict()) == (5, 3, refine)
+    average = gan.WeightAverage(gen, decay=0.9)
+    assert sorted(average.averaged.params) == sorted(gen.params)
+    with pytest.raises(ValueError, match="refine"):
+        gan.generator(latent=5, width=3, refine=-1)
+
+
 def test_refresh_batch_norm_averages_the_batches_statistics():
     gen = gan.generator(latent=4, width=2, rng=0)
     gen.layers[2].buffers["running_mean"][...] = 99.0           # stale statistics, to be replaced

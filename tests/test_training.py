@@ -346,13 +346,21 @@ def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
     assert 9.5 < scores["real_inception_score"] <= 10.0     # the 1,000 real test digits of the sample
 
 
+def gan_shape(path):
+    from cnn_lib import gan
+
+    with np.load(path) as saved:
+        return gan.shape_of(saved)
+
+
 def test_cli_gan_by_default_saves_the_last_steps_weights(tmp_path, capsys):
     status = cli.main(["gan", "--train-size", "64", "--epochs", "1", "--width", "4", "--disc-width", "6",
-                       "--lr", "1e-4", "--lr-d", "4e-4", "--latent", "8", "--score-samples", "0", "--epoch-score-samples", "0", "--no-progress",
+                       "--lr", "1e-4", "--lr-d", "4e-4", "--latent", "8", "--refine", "1", "--score-samples", "0", "--epoch-score-samples", "0", "--no-progress",
                        "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert status == 0 and "weight average" not in printed and "width 4 (discriminator 6)" in printed
-    assert "Adam lr 0.0001 (discriminator 0.0004), latent 8" in printed
+    assert "Adam lr 0.0001 (discriminator 0.0004), latent 8" in printed and "1 refining layer(s)" in printed
+    assert gan_shape(tmp_path / "generator.npz") == (8, 4, 1)
     assert np.load(tmp_path / "generator.npz")["4.weight"].shape == (8, 4, 4, 4)
     assert np.load(tmp_path / "discriminator.npz")["2.weight"].shape == (12, 6, 4, 4)
     assert "generator-last-step.npz" not in os.listdir(tmp_path)
