@@ -161,8 +161,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--width", type=_positive_int, default=64,
                    help="channels of the 14x14 layers (the 7x7 ones have twice as many; default 64)")
     g.add_argument("--refine", type=int, default=0, metavar="K",
-                   help="K more transposed convolutions (k3 s1, with batch norm and ReLU) in the generator at "
-                        "14x14, before its last layer: a deeper generator (default 0)")
+                   help="K more transposed convolutions (k3 s1, with batch norm and ReLU) in the "
+                        "generator at 14x14, before its last layer: a deeper generator (default 0)")
     g.add_argument("--disc-width", type=_positive_int, metavar="W",
                    help="the discriminator's width, when it should differ from the generator's "
                         "(default: --width)")

@@ -80,7 +80,8 @@ def test_a_deeper_generator_keeps_its_output_and_is_read_back_from_its_weights(t
     loading them (gan.pretrained) and for a weight average of the same shape."""
     gen = gan.generator(latent=5, width=3, rng=0, refine=refine)
     assert len(gen.layers) == 9 + 3 * refine
-    assert [layer.name for layer in gen.layers[7:7 + 3 * refine]] == ["ConvTranspose2d", "BatchNorm2d", "ReLU"] * refine
+    added = [layer.name for layer in gen.layers[7:7 + 3 * refine]]
+    assert added == ["ConvTranspose2d", "BatchNorm2d", "ReLU"] * refine
     assert gen.forward(np.zeros((2, 5), np.float32)).shape == (2, 1, 28, 28)
     gen.save(tmp_path / "g.npz")
     with np.load(tmp_path / "g.npz") as saved:

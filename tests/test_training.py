@@ -355,7 +355,8 @@ def gan_shape(path):
 
 def test_cli_gan_by_default_saves_the_last_steps_weights(tmp_path, capsys):
     status = cli.main(["gan", "--train-size", "64", "--epochs", "1", "--width", "4", "--disc-width", "6",
-                       "--lr", "1e-4", "--lr-d", "4e-4", "--latent", "8", "--refine", "1", "--score-samples", "0", "--epoch-score-samples", "0", "--no-progress",
+                       "--lr", "1e-4", "--lr-d", "4e-4", "--latent", "8", "--refine", "1",
+                       "--score-samples", "0", "--epoch-score-samples", "0", "--no-progress",
                        "--out", str(tmp_path)])
     printed = capsys.readouterr().out
     assert status == 0 and "weight average" not in printed and "width 4 (discriminator 6)" in printed

@@ -80,7 +80,8 @@ def batchnorm_forward(x, gamma, beta, eps, mean=None, var=None):
         means = np.array([share[1] for share in parts], dtype=np.float64)
         counts = np.array([share[0] for share in parts], dtype=np.float64)[:, None]
         mean64 = (counts * means).sum(axis=0) / m
-        squares = sum(share[2].astype(np.float64) for share in parts) + (counts * (means - mean64) ** 2).sum(axis=0)
+        squares = sum(share[2].astype(np.float64) for share in parts)
+        squares = squares + (counts * (means - mean64) ** 2).sum(axis=0)  # the slices' means apart
         mean, var = mean64.astype(x.dtype), (squares / m).astype(x.dtype)
     inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype, copy=False)
     x_hat = np.empty_like(rows)
