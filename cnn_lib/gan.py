@@ -5,6 +5,8 @@ Shapes (Radford, Metz and Chintala, 2016, scaled down to MNIST)::
     generator      z (N, latent) -> Linear -> (N, 128*7*7) -> Unflatten -> (N, 128, 7, 7)
                    -> BatchNorm2d -> ReLU -> ConvTranspose2d 128->64, k4 s2 p1 -> (N, 64, 14, 14)
                    -> BatchNorm2d -> ReLU -> ConvTranspose2d 64->1, k4 s2 p1 -> (N, 1, 28, 28) -> Tanh
+                   (``refine=K``: K more ConvTranspose2d 64->64, k3 s1 p1 -> BatchNorm2d -> ReLU at
+                   14x14 before the last layer; the shipped generator has K = 1)
     discriminator  x (N, 1, 28, 28) -> Conv2d 1->64, k4 s2 p1 -> (N, 64, 14, 14) -> LeakyReLU 0.2
                    -> Conv2d 64->128, k4 s2 p1 -> (N, 128, 7, 7) -> BatchNorm2d -> LeakyReLU 0.2
                    -> Flatten -> Linear -> (N, 1): one logit, "real" when large
