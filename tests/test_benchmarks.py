@@ -107,3 +107,24 @@ def test_the_gan_benchmarks_torch_twin_has_the_same_shapes():
         assert [v.shape for v in ours.params.values()] == [tuple(p.shape) for p in theirs.parameters()]
     z = torch.randn(2, bench_gan.LATENT)
     assert tuple(disc_t(gen_t(z)).shape) == (2, 1)
+
+
+@pytest.mark.parametrize("tile", [1, 3, 4, 7])
+@pytest.mark.parametrize("side", [6, 14])
+def test_winograd_probe_computes_the_convolution_and_its_gradients(tile, side):
+    """The probe's timings in RUNS.md mean something only if it computes the same layer."""
+    import winograd_probe
+
+    from cnn_lib.kernels import reference
+
+    rng = np.random.default_rng(side + tile)
+    x = rng.standard_normal((3, 5, side, side))
+    weight = rng.standard_normal((4, 5, 4, 4))
+    dy = rng.standard_normal((3, 4, side // 2, side // 2))
+    wino = winograd_probe.Winograd(side, min(tile, side // 2), dtype=np.float64)
+    y, cache = wino.forward(x, weight)
+    dx, dweight = wino.backward(dy, cache)
+    y_ref, cache_ref = reference.conv2d_forward(x, weight, None, (2, 2), (1, 1))
+    dx_ref, dweight_ref, _ = reference.conv2d_backward(dy, cache_ref)
+    for got, want in ((y, y_ref), (dx, dx_ref), (dweight, dweight_ref)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * np.abs(want).max())
