@@ -331,6 +331,15 @@ def evaluate_command(args) -> int:
     return 0
 
 
+def _write_json(path, value) -> None:
+    """Write ``value`` as JSON to ``path`` through a temporary file that then replaces it, so a
+    run killed while writing leaves the previous file whole."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+
+
 def gan_command(args) -> int:
     import matplotlib
 
@@ -421,6 +430,7 @@ def gan_command(args) -> int:
             fig = show_digits(samples[:, 0], None, title=f"DCGAN samples after epoch {epoch}", ncols=8)
             fig.savefig(os.path.join(args.out, f"samples-epoch-{epoch}.png"), dpi=80)
             plt.close(fig)
+            _write_json(os.path.join(args.out, "history.json"), history)  # a killed run keeps it
             d_recent, g_recent = np.mean(history["d_loss"][-100:]), np.mean(history["g_loss"][-100:])
             print(f"epoch {epoch}: {history['epoch_seconds'][-1]:.1f} s, last 100 steps: D loss "
                   f"{d_recent:.3f}, G loss {g_recent:.3f}{measured}")
@@ -430,8 +440,7 @@ def gan_command(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-        with open(os.path.join(args.out, "history.json"), "w") as f:
-            json.dump(history, f)
+        _write_json(os.path.join(args.out, "history.json"), history)
     if status or not args.score_samples:
         return status
     scores = gan.score(result, args.score_samples, seed=args.seed + 1, real=data.x_test)

@@ -346,6 +346,25 @@ def test_cli_gan_trains_saves_samples_and_scores(tmp_path, capsys):
     assert 9.5 < scores["real_inception_score"] <= 10.0     # the 1,000 real test digits of the sample
 
 
+def test_cli_gan_keeps_its_history_when_killed_after_an_epoch(tmp_path):
+    """SIGKILL (or a JupyterHub culler's SIGTERM) runs no cleanup: history.json must be on disk already."""
+    command = [sys.executable, "-u", "-m", "cnn_lib", "gan", "--train-size", "64", "--epochs", "500",
+               "--width", "4", "--latent", "8", "--score-samples", "0", "--epoch-score-samples", "0",
+               "--no-progress", "--out", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 2:"):
+                break
+        process.kill()
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert len(history["epoch_seconds"]) >= 2 and len(history["d_loss"]) == len(history["epoch_seconds"])
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+
+
 def gan_shape(path):
     from cnn_lib import gan
 
