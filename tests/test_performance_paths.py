@@ -473,6 +473,25 @@ def test_set_num_threads_changes_the_threads_and_refuses_nonsense(monkeypatch):
     assert cnn_lib.get_num_threads() == 3
 
 
+def test_map_slices_lists_the_results_in_slice_order_whichever_thread_finishes_first(monkeypatch):
+    """The kernels sum these lists: a fixed order gives the same float32 sums every run."""
+    import time
+
+    monkeypatch.setattr(T, "NUM_THREADS", 2)
+    done = []
+
+    def work(part):
+        if part.start == 0:
+            time.sleep(0.2)  # the first slice finishes last
+        done.append(part.start)
+        return part.start, threading.current_thread().name
+
+    results = T.map_slices(work, 8, T.CHUNK_BYTES)
+    starts = [start for start, _ in results]
+    assert starts == sorted(starts) == [p.start for p in T.batch_slices(8, T.CHUNK_BYTES, 4)]
+    assert done[-1] == 0  # another thread did the rest meanwhile
+
+
 def test_errors_in_threads_reach_the_caller(monkeypatch):
     monkeypatch.setattr(T, "NUM_THREADS", 2)
 

@@ -23,7 +23,7 @@ import numpy as np
 from ..shapes import conv_output_hw, conv_transpose_output_hw
 from .layout import nchw, nhwc, tap_window, taps
 from .pool import maxpool_backward_slice, maxpool_slice, pool_dx
-from .threads import for_each_slice
+from .threads import for_each_slice, map_slices
 
 #: Inputs with fewer channels than this (the grey images of a first layer: C = 1) get their
 #: ``cols`` built one (tap, channel) at a time, as whole shifted images, instead of one kernel
@@ -293,9 +293,8 @@ def conv2d_block_backward(dy, cache, need_input_grad=True):
     maskh = None if mask is None else nhwc(mask)
     wtaps = weight.transpose(2, 3, 1, 0)  # (kH, kW, C_in, C_out)
     dxh = np.empty((n, h, w, c_in), dtype=dy.dtype) if need_input_grad else None
-    partial = {}  # slice start -> that slice's share of (dW, db), summed in order below
 
-    def work(part):
+    def work(part):  # returns this slice's share of (dW, db)
         g = dyh[part]  # this slice's upstream gradient
         if maskh is not None:  # relu_backward of this slice
             g = g * maskh[part]
@@ -314,19 +313,19 @@ def conv2d_block_backward(dy, cache, need_input_grad=True):
         # 10-20% faster than cols.T @ dy_mat: measured on the LeNet-style net's second
         # convolution.)
         cols = cols_matrix(padded_nhwc(x[part], ph, pw), (kh, kw), stride, ones=has_bias)
-        partial[part.start] = weight_gradient(dy_mat, cols)
+        share = weight_gradient(dy_mat, cols)
         if need_input_grad:
             # dx: each output position sends dy * W back to the receptive field it read from;
             # into a padded scratch array for this slice, whose inside is this slice's dx
             dxp = np.zeros((part.stop - part.start, h + 2 * ph, w + 2 * pw, c_in), dtype=dy.dtype)
             add_tap_products(dy_mat, wtaps, dxp, stride)
             dxh[part] = dxp[:, ph : ph + h, pw : pw + w, :]
+        return share
 
     # bytes per image: its cols, its upstream arrays (the gradient, and a ReLU's mask of the
     # convolution's output shape), its input and its dx
     upstream = 2 if maskh is not None and pool_cache is None else 1
-    for_each_slice(work, n, (ho * wo * (k + upstream * c_out) + 2 * h * w * c_in) * dy.itemsize)
-    dwmat = sum(partial[start] for start in sorted(partial))  # a fixed order: same sums every run
+    dwmat = sum(map_slices(work, n, (ho * wo * (k + upstream * c_out) + 2 * h * w * c_in) * dy.itemsize))
     dbias = dwmat[:, k].copy() if has_bias else None
     dweight = np.ascontiguousarray(dwmat[:, :k].reshape(c_out, kh, kw, c_in).transpose(0, 3, 1, 2))
     return (None if dxh is None else nchw(dxh)), dweight, dbias
@@ -380,19 +379,17 @@ def conv_transpose2d_backward(dy, cache, need_input_grad=True):
     dyh = nhwc(dy)
     wmat = weight_matrix(weight)  # (kH*kW*C_out, C_in)
     dxh = np.empty((n, h, w, c_in), dtype=dy.dtype) if need_input_grad else None
-    partial = {}  # slice start -> that slice's share of dweight, as a (kH*kW*C_out, C_in) matrix
 
-    def work(part):
+    def work(part):  # returns this slice's share of dweight, as a (kH*kW*C_out, C_in) matrix
         # The adjoint of "add taps then crop" is "pad then im2col": a plain convolution of dy.
         cols = cols_matrix(padded_nhwc(dyh[part].transpose(0, 3, 1, 2), ph, pw), (kh, kw), stride)
         x_part = x_mat[part.start * h * w : part.stop * h * w]
-        partial[part.start] = cols.T @ x_part
         if need_input_grad:
             np.matmul(cols, wmat, out=dxh[part].reshape(-1, c_in))
+        return cols.T @ x_part
 
     # bytes per image: its cols, its dy, its input and its dx
-    for_each_slice(work, n, (h * w * (kh * kw * c_out + 2 * c_in) + dyh[0].size) * dy.itemsize)
-    dwmat = sum(partial[start] for start in sorted(partial))  # a fixed order: same sums every run
+    dwmat = sum(map_slices(work, n, (h * w * (kh * kw * c_out + 2 * c_in) + dyh[0].size) * dy.itemsize))
     dweight = dwmat.reshape(kh, kw, c_out, c_in).transpose(3, 2, 0, 1)
     dbias = dy.sum(axis=(0, 2, 3)) if has_bias else None
     return (None if dxh is None else nchw(dxh)), np.ascontiguousarray(dweight), dbias

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import vectorized
 from .layout import nchw, nhwc
-from .threads import for_each_slice
+from .threads import for_each_slice, map_slices
 
 
 def _as_rows(x):
@@ -66,17 +66,14 @@ def batchnorm_forward(x, gamma, beta, eps, mean=None, var=None):
     per_row = rows[0].size * x.itemsize
     training = mean is None
     if training:
-        shares = {}  # slice start -> (its values per channel, its mean, its sum of squared deviations)
-
-        def statistics(part):
+        def statistics(part):  # (its values per channel, its mean, its sum of squared deviations)
             block = rows[part]
             block_mean = block.mean(axis=axes)
             deviations = block - block_mean.reshape(shape)
             deviations *= deviations
-            shares[part.start] = (block.size // c, block_mean, deviations.sum(axis=axes))
+            return block.size // c, block_mean, deviations.sum(axis=axes)
 
-        for_each_slice(statistics, len(rows), 2 * per_row)
-        parts = [shares[start] for start in sorted(shares)]  # a fixed order: same sums every run
+        parts = map_slices(statistics, len(rows), 2 * per_row)
         means = np.array([share[1] for share in parts], dtype=np.float64)
         counts = np.array([share[0] for share in parts], dtype=np.float64)[:, None]
         mean64 = (counts * means).sum(axis=0) / m
@@ -113,14 +110,11 @@ def batchnorm_backward(dy, cache):
     m = dy.size // c  # values per channel
     shape = (c,) if hat_rows.ndim == 2 else (c, 1)
     per_row = hat_rows[0].size * dy.itemsize
-    shares = {}  # slice start -> (its share of dbeta, its share of dgamma)
-
-    def sums(part):
+    def sums(part):  # (its share of dbeta, its share of dgamma)
         g = dy_rows[part]
-        shares[part.start] = (g.sum(axis=axes), (g * hat_rows[part]).sum(axis=axes))
+        return g.sum(axis=axes), (g * hat_rows[part]).sum(axis=axes)
 
-    for_each_slice(sums, len(hat_rows), 2 * per_row)
-    parts = [shares[start] for start in sorted(shares)]
+    parts = map_slices(sums, len(hat_rows), 2 * per_row)
     dbeta = sum(share[0] for share in parts)
     dgamma = sum(share[1] for share in parts)
     scale = (gamma * inv_std).reshape(shape)

@@ -236,6 +236,21 @@ def for_each_slice(work, n: int, bytes_per_item: int, parallel: bool | None = No
         _helpers_busy.release()
 
 
+def map_slices(work, n: int, bytes_per_item: int) -> list:
+    """``[work(part) for part in the slices]`` with the slices spread over the threads as in
+    :func:`for_each_slice`, the results listed in the order of the slices whichever thread
+    computed them: a kernel that sums the slices' shares of a gradient or a statistic then adds
+    the same numbers in the same order every run, however the threads took the slices.
+    """
+    results = {}  # slice start -> what work returned for that slice
+
+    def run(part):
+        results[part.start] = work(part)
+
+    for_each_slice(run, n, bytes_per_item)
+    return [results[start] for start in sorted(results)]
+
+
 # --------------------------------------------------------------------------- convolution
 
 
