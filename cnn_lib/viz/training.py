@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.lines import Line2D
 
 __all__ = ["confusion_matrix", "plot_confusion", "plot_confident_mistakes", "plot_history",
            "plot_histories", "plot_layer_profile"]
@@ -35,6 +36,7 @@ def plot_histories(runs, *, title=None, smooth=None):
     """
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
     tops, last_epoch = [], 0
+    styles = set()  # which kinds of accuracy curve were drawn: the right panel's legend names the styles
     for i, (label, history) in enumerate(runs.items()):
         color = f"C{i}"
         steps = np.arange(1, len(history.step_loss) + 1)
@@ -48,21 +50,29 @@ def plot_histories(runs, *, title=None, smooth=None):
         last_epoch = max([last_epoch] + [e["epoch"] for e in history.epochs])
         epochs = [e["epoch"] for e in history.epochs]
         if epochs:
-            ax_acc.plot(epochs, [e["train_accuracy"] for e in history.epochs], "--o", color=color,
-                        ms=4, label=f"{label}: train")
+            ax_acc.plot(epochs, [e["train_accuracy"] for e in history.epochs], "--o", color=color, ms=4)
+            styles.add("train")
             if "val_accuracy" in history.epochs[0]:
-                ax_acc.plot(epochs, [e["val_accuracy"] for e in history.epochs], "-o", color=color,
-                            ms=5, label=f"{label}: held out")
+                ax_acc.plot(epochs, [e["val_accuracy"] for e in history.epochs], "-o", color=color, ms=5)
+                styles.add("val")
     ax_loss.set(xlabel="step", ylabel="loss (mini-batch)", title="loss")
     if tops and max(tops) > 0:
         ax_loss.set_ylim(0, max(tops) * 1.08)
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1),
                xlim=(0.5, max(1, last_epoch) + 0.5))
     ax_acc.xaxis.get_major_locator().set_params(integer=True)
+    # the colours name the runs (left legend); the line styles say which images (right legend), so
+    # the right legend stays two lines long however many runs there are
+    keys = [Line2D([], [], color="0.35", ls="--", marker="o", ms=4,
+                   label="training images (mean over the epoch)"),
+            Line2D([], [], color="0.35", ls="-", marker="o", ms=5, label="held-out images")]
+    handles = [key for key, kind in zip(keys, ("train", "val")) if kind in styles]
+    if handles:
+        ax_acc.legend(handles=handles, fontsize=8)
+    if ax_loss.get_legend_handles_labels()[0]:
+        ax_loss.legend(fontsize=8)
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
