@@ -6,12 +6,14 @@ Run from the repository root:
     python benchmarks/bench_gan.py              # ~1 minute; prints a Markdown report
     python benchmarks/bench_gan.py --quick      # smoke run, a few seconds
     python benchmarks/bench_gan.py --output /tmp/gan.md
+    python benchmarks/bench_gan.py --refine 1   # the shipped generator's shape (one k3 s1 layer more)
 
 What is timed: one step of ``gan.train_step`` (the discriminator on a real and a generated
 batch, then the generator through the discriminator, Adam on both, lr 2e-4, betas (0.5,
 0.999)), batch 64, float32, on real digits of the shipped sample; the networks are
 ``gan.generator(64, 64)`` and ``gan.discriminator(64)`` (533,889 and 138,689 parameters) and
-their PyTorch twins below. Each library runs in its own worker process with ``--threads``
+their PyTorch twins below; ``--refine K`` adds the K extra k3 s1 layers of ``gan.generator(refine=K)``
+(the shipped generator has one) to both. Each library runs in its own worker process with ``--threads``
 threads (cnn_lib's own threads with BLAS at one thread meanwhile, PyTorch's
 ``set_num_threads``); the two alternate in ``--rounds`` rounds of about ``--block`` seconds
 each, and a result is the median over rounds of each block's images/s (real images per
@@ -55,12 +57,13 @@ def real_batches(count=16, seed=0):
 
 
 class CnnLibGanStep:
-    def __init__(self):
+    def __init__(self, refine=0):
         from cnn_lib import Adam, gan
 
         rng = np.random.default_rng(0)
         self.gan = gan
-        self.gen, self.disc = gan.generator(LATENT, WIDTH, rng=rng), gan.discriminator(WIDTH, rng=rng)
+        self.gen = gan.generator(LATENT, WIDTH, rng=rng, refine=refine)
+        self.disc = gan.discriminator(WIDTH, rng=rng)
         self.opt_g = Adam(self.gen.parameters(), lr=LR, betas=BETAS)
         self.opt_d = Adam(self.disc.parameters(), lr=LR, betas=BETAS)
         self.batches, self.noise, self.i = real_batches(), np.random.default_rng(1), 0
@@ -103,13 +106,16 @@ class CnnLibGanStep:
         return whole, per_step
 
 
-def torch_nets():
+def torch_nets(refine=0):
     import torch.nn as nn
 
     w2 = 2 * WIDTH
+    extra = []
+    for _ in range(refine):
+        extra += [nn.ConvTranspose2d(WIDTH, WIDTH, 3, 1, 1, bias=False), nn.BatchNorm2d(WIDTH), nn.ReLU()]
     gen = nn.Sequential(
         nn.Linear(LATENT, w2 * 7 * 7, bias=False), nn.Unflatten(1, (w2, 7, 7)), nn.BatchNorm2d(w2), nn.ReLU(),
-        nn.ConvTranspose2d(w2, WIDTH, 4, 2, 1, bias=False), nn.BatchNorm2d(WIDTH), nn.ReLU(),
+        nn.ConvTranspose2d(w2, WIDTH, 4, 2, 1, bias=False), nn.BatchNorm2d(WIDTH), nn.ReLU(), *extra,
         nn.ConvTranspose2d(WIDTH, 1, 4, 2, 1), nn.Tanh())
     disc = nn.Sequential(
         nn.Conv2d(1, WIDTH, 4, 2, 1), nn.LeakyReLU(0.2), nn.Conv2d(WIDTH, w2, 4, 2, 1, bias=False),
@@ -121,12 +127,12 @@ def torch_nets():
 
 
 class TorchGanStep:
-    def __init__(self):
+    def __init__(self, refine=0):
         import torch
 
         torch.manual_seed(0)
         self.torch = torch
-        self.gen, self.disc = torch_nets()
+        self.gen, self.disc = torch_nets(refine)
         self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=LR, betas=BETAS)
         self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=LR, betas=BETAS)
         self.loss = torch.nn.BCEWithLogitsLoss()
@@ -159,18 +165,18 @@ class TorchGanStep:
                 for e in events[:rows]]
 
 
-def _worker(kind, threads, conn):
+def _worker(kind, threads, conn, refine=0):
     try:
         if kind == "torch":
             import torch
 
             torch.set_num_threads(threads)
-            step = TorchGanStep()
+            step = TorchGanStep(refine)
             info = {"torch": torch.__version__, "torch_cpu": torch.backends.cpu.get_cpu_capability()}
         else:
             from cnn_lib import get_num_threads
 
-            step = CnnLibGanStep()
+            step = CnnLibGanStep(refine)
             info = {"cnn_lib_threads": get_num_threads()}
         step()
         step()  # warm-up
@@ -196,9 +202,9 @@ def _worker(kind, threads, conn):
 
 
 class Worker:
-    def __init__(self, kind, threads, env):
+    def __init__(self, kind, threads, env, refine=0):
         self.conn, child = mp.get_context("spawn").Pipe()
-        self.process = bench_training._spawn(_worker, (kind, threads, child), env)
+        self.process = bench_training._spawn(_worker, (kind, threads, child, refine), env)
         self.info = self.ask(None)
 
     def ask(self, task):
@@ -232,6 +238,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5, quick 1)")
     parser.add_argument("--block", type=float, default=None, help="seconds per block (default 4, quick 0.3)")
     parser.add_argument("--no-torch", action="store_true", help="cnn_lib only")
+    parser.add_argument("--refine", type=int, default=0, choices=range(0, 4), metavar="K",
+                        help="K extra k3 s1 generator layers, as gan.generator(refine=K) (shipped: 1)")
     parser.add_argument("--output", default=None, help="also write the report to this file")
     args = parser.parse_args(argv)
     rounds = args.rounds or (1 if args.quick else 5)
@@ -239,9 +247,10 @@ def main(argv=None):
     t = str(args.threads)
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     cnn_lib_env = {"OPENBLAS_NUM_THREADS": t, "CNN_LIB_NUM_THREADS": t}
-    workers = {"cnn_lib": Worker("cnn_lib", args.threads, cnn_lib_env)}
+    workers = {"cnn_lib": Worker("cnn_lib", args.threads, cnn_lib_env, args.refine)}
     if torch_available() and not args.no_torch:
-        workers["torch"] = Worker("torch", args.threads, {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t})
+        workers["torch"] = Worker("torch", args.threads, {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t},
+                                  args.refine)
     rates = {name: [] for name in workers}
     for r in range(rounds):
         order = list(workers) if r % 2 == 0 else list(workers)[::-1]
@@ -259,7 +268,8 @@ def main(argv=None):
     machine = bench_training.machine_info()
     torch_info = info.get("torch")
     torch_text = f"; PyTorch {torch_info['torch']} ({torch_info['torch_cpu']})" if torch_info else ""
-    lines = [f"## DCGAN training step, batch {BATCH}, float32 ({started})", "",
+    shape = f", generator with {args.refine} k3 s1 layer(s) more" if args.refine else ""
+    lines = [f"## DCGAN training step, batch {BATCH}, float32{shape} ({started})", "",
              f"CPU {machine['cpu']}, {args.threads} threads each; NumPy {machine['numpy']}, "
              f"git {machine['commit']}{torch_text}; {rounds} rounds of {block:g} s."
              + (" QUICK RUN: not a measurement." if args.quick else ""), "",

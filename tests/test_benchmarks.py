@@ -87,21 +87,23 @@ def test_the_benchmarks_mnist_run_really_learns(tmp_path):
 def test_gan_benchmark_quick_run_reports_the_step_and_its_layers(tmp_path):
     out = tmp_path / "gan.md"
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_gan.py"), "--quick", "--no-torch",
-                          "--output", str(out)], capture_output=True, text=True, timeout=300)
+                          "--refine", "1", "--output", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     report = out.read_text()
-    assert "| cnn_lib |" in report and "QUICK RUN" in report
+    assert "| cnn_lib |" in report and "QUICK RUN" in report and "1 k3 s1 layer(s) more" in report
     assert "| G | 4: ConvTranspose2d |" in report and "| D | 2: Conv2d |" in report
+    assert "| G | 7: ConvTranspose2d |" in report  # the extra layer
 
 
-def test_the_gan_benchmarks_torch_twin_has_the_same_shapes():
+@pytest.mark.parametrize("refine", [0, 1])
+def test_the_gan_benchmarks_torch_twin_has_the_same_shapes(refine):
     torch = pytest.importorskip("torch")
     import bench_gan
 
     from cnn_lib import gan
 
-    gen_t, disc_t = bench_gan.torch_nets()
-    gen = gan.generator(bench_gan.LATENT, bench_gan.WIDTH, rng=0)
+    gen_t, disc_t = bench_gan.torch_nets(refine)
+    gen = gan.generator(bench_gan.LATENT, bench_gan.WIDTH, rng=0, refine=refine)
     disc = gan.discriminator(bench_gan.WIDTH, rng=0)
     for ours, theirs in ((gen, gen_t), (disc, disc_t)):
         assert [v.shape for v in ours.params.values()] == [tuple(p.shape) for p in theirs.parameters()]

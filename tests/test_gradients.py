@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import TOL, conv_configs, pool_configs, separated
+from helpers import TOL, close, conv_configs, pool_configs, separated
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,6 +99,40 @@ def test_reference_conv_gradients_directly(stride, padding):
     conv = Conv2d(2, 3, (3, 2), stride=stride, padding=padding, rng=0, dtype=F64)
     conv.impl = "reference"
     check_layer(conv, np.random.default_rng(0).standard_normal((2, 2, 6, 5)), tol=TOL).assert_ok()
+
+
+@pytest.mark.parametrize("kernel,padding,bias", [
+    (3, 1, False),            # the shipped generator's refining layer
+    (3, 0, True), (1, 0, True), (2, 1, False), ((3, 2), (2, 1), True), (5, 2, True),
+    (1, 1, False), (2, 2, True),  # padding > kernel - 1: no plain convolution, the taps path
+])
+def test_stride_1_transposed_convolution_as_a_flipped_convolution(kernel, padding, bias):
+    """The fast tier runs a stride-1 transposed convolution as a convolution with the flipped
+    kernel; all three tiers must agree, on a channels-last and on a channels-first input."""
+    rng = np.random.default_rng(7)
+    layer = ConvTranspose2d(6, 5, kernel, stride=1, padding=padding, bias=bias, rng=1, dtype=F64)
+    x = rng.standard_normal((3, 6, 7, 6))
+    agree(layer, x)
+    agree(layer, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2))
+    check_layer(layer, x[:2], tol=TOL).assert_ok()
+
+
+def test_stride_1_transposed_convolution_in_float32_matches_float64():
+    """The DCGAN refining layer's shape in float32, against float64, scaled to the output's size."""
+    from cnn_lib.kernels import fast
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 64, 14, 14))
+    weight = 0.02 * rng.standard_normal((64, 64, 3, 3))
+    y64, cache64 = fast.conv_transpose2d_forward(x, weight, None, (1, 1), (1, 1))
+    y32, cache32 = fast.conv_transpose2d_forward(x.astype(np.float32), weight.astype(np.float32), None,
+                                                 (1, 1), (1, 1))
+    assert y32.dtype == np.float32 and y32.shape == (8, 64, 14, 14)
+    close(y32, y64, np.float32, "y")
+    dy = rng.standard_normal(y64.shape)
+    for got, want in zip(fast.conv_transpose2d_backward(dy.astype(np.float32), cache32)[:2],
+                         fast.conv_transpose2d_backward(dy, cache64)[:2]):
+        close(got, want, np.float32, "gradient")
 
 
 def test_conv_transpose_is_the_adjoint_of_conv():

@@ -457,6 +457,26 @@ def test_confusion_matrix_and_confident_mistakes():
     assert "2 wrong of 3" in fig._suptitle.get_text()
 
 
+def test_plot_histories_names_runs_by_colour_and_curves_by_style():
+    from cnn_lib.training import History
+
+    def run(accuracies, val=True):
+        history = History(step_loss=[2.3, 1.0, 0.5])
+        history.epochs = [{"epoch": i + 1, "train_accuracy": a, **({"val_accuracy": a} if val else {})}
+                          for i, a in enumerate(accuracies)]
+        return history
+
+    runs = {f"run {k}": run([0.1 * k, 0.2 * k]) for k in range(1, 5)}
+    fig = __import__("cnn_lib").viz.plot_histories(runs)
+    loss_ax, acc_ax = fig.axes
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == list(runs)
+    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == [
+        "training images (mean over the epoch)", "held-out images"]  # two lines, however many runs
+    fig = __import__("cnn_lib").viz.plot_histories({"no held-out data": run([0.5], val=False)})
+    only_train = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert only_train == ["training images (mean over the epoch)"]
+
+
 def test_a_diverging_run_is_stopped_and_says_so():
     import warnings
 
