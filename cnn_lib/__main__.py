@@ -13,6 +13,7 @@ a run cleanly between two steps and keeps what was trained.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -333,11 +334,17 @@ def evaluate_command(args) -> int:
 
 def _write_json(path, value) -> None:
     """Write ``value`` as JSON to ``path`` through a temporary file that then replaces it, so a
-    run killed while writing leaves the previous file whole."""
+    run killed while writing leaves the previous file whole (as ``Layer.save`` does for weights);
+    a write that fails (a full disk) removes its temporary file."""
     tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(value, f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def gan_command(args) -> int:

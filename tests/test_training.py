@@ -365,6 +365,20 @@ def test_cli_gan_keeps_its_history_when_killed_after_an_epoch(tmp_path):
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
 
 
+def test_a_failed_history_write_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "history.json"
+    cli._write_json(str(path), {"epoch_seconds": [1.0]})
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cli.json, "dump", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        cli._write_json(str(path), {"epoch_seconds": [1.0, 2.0]})
+    assert json.loads(path.read_text()) == {"epoch_seconds": [1.0]}
+    assert os.listdir(tmp_path) == ["history.json"]
+
+
 def gan_shape(path):
     from cnn_lib import gan
 
